@@ -1,0 +1,31 @@
+"""ddpm_fast: a faithful DDPM ("The Annotated Diffusion Model") with compiled fused ops.
+
+    import ddpm_fast
+    model = ddpm_fast.Unet(dim=28, channels=1, dim_mults=(1, 2, 4))
+    diffusion = ddpm_fast.GaussianDiffusion(timesteps=200)
+    ddpm_fast.accelerate(model)          # swap in the fused ops; state_dict unchanged
+    samples = diffusion.sample(model, image_size=28, batch_size=16, channels=1)
+"""
+
+from .diffusion import GaussianDiffusion
+from .ops import compiled_backends, compiled_ops_loaded
+from .schedules import (
+    cosine_beta_schedule,
+    linear_beta_schedule,
+    quadratic_beta_schedule,
+    sigmoid_beta_schedule,
+)
+from .unet import Unet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianDiffusion",
+    "Unet",
+    "compiled_backends",
+    "compiled_ops_loaded",
+    "cosine_beta_schedule",
+    "linear_beta_schedule",
+    "quadratic_beta_schedule",
+    "sigmoid_beta_schedule",
+]

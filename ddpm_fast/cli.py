@@ -1,0 +1,181 @@
+"""The ``ddpm-fast`` command: train, sample, noise (the q_sample figure) and animate."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .data import DATASETS, DataError, load_dataset
+from .diffusion import LOSS_TYPES, GaussianDiffusion
+from .schedules import BETA_SCHEDULES
+from .train import TrainConfig, load_checkpoint, model_from_checkpoint, pick_device, train
+from .viz import plot_noising, save_denoising_gif, save_grid
+
+
+def _dim_mults(text):
+    try:
+        mults = tuple(int(m) for m in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {text!r}")
+    if not mults or min(mults) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive multipliers like 1,2,4, got {text!r}")
+    return mults
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a U-Net and write checkpoints and sample grids",
+                       description="Train the seed's U-Net with DDPM. Writes checkpoint.pt and "
+                       "sample-*.png into --out.")
+    d = TrainConfig()
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help="digits: scikit-learn's bundled 8x8 digits, offline (default); "
+                   "fashion_mnist: IDX files in --data-dir or a cached Hugging Face copy")
+    p.add_argument("--data-dir", help="folder with train-images-idx3-ubyte[.gz] (Fashion-MNIST)")
+    p.add_argument("--download", action="store_true",
+                   help="let the Hugging Face 'datasets' package download Fashion-MNIST")
+    p.add_argument("--image-size", type=int, help="image side (default 16 for digits, 28 for Fashion-MNIST)")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on for Fashion-MNIST, off for digits)")
+    p.add_argument("--dim", type=int, help="U-Net base channels (default: the image size, as in the seed)")
+    p.add_argument("--dim-mults", type=_dim_mults, default=d.dim_mults, help="e.g. 1,2,4 (default)")
+    p.add_argument("--resnet", action="store_true", help="ResNet blocks instead of ConvNeXt")
+    p.add_argument("--groups", type=int, default=d.resnet_block_groups, help="GroupNorm groups of ResNet blocks")
+    p.add_argument("--timesteps", type=int, default=d.timesteps)
+    p.add_argument("--schedule", choices=sorted(BETA_SCHEDULES), default=d.beta_schedule)
+    p.add_argument("--loss", choices=LOSS_TYPES, default=d.loss_type)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in all")
+    p.add_argument("--ema-decay", type=float, help="keep EMA weights with this decay, e.g. 0.995")
+    p.add_argument("--save-every", type=int, default=d.save_and_sample_every,
+                   help="checkpoint and sample grid every N steps")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--no-accelerate", action="store_true", help="train the pure-PyTorch reference")
+    p.add_argument("--out", default=d.out_dir, help="results folder (default: results)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args):
+    config = TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, download=args.download,
+        image_size=args.image_size, hflip=args.hflip, dim=args.dim, dim_mults=args.dim_mults,
+        use_convnext=not args.resnet, resnet_block_groups=args.groups, timesteps=args.timesteps,
+        beta_schedule=args.schedule, loss_type=args.loss, batch_size=args.batch_size, lr=args.lr,
+        steps=args.steps, ema_decay=args.ema_decay, save_and_sample_every=args.save_every,
+        seed=args.seed, device=args.device, accelerate=not args.no_accelerate, out_dir=args.out,
+    )
+    start = time.perf_counter()
+    _, _, history = train(config, resume=args.resume)
+    elapsed = time.perf_counter() - start
+    print(f"trained {config.steps} steps in {elapsed:.0f} s; last logged loss "
+          f"{history[-1][1]:.4f} at step {history[-1][0]}; wrote {Path(args.out) / 'checkpoint.pt'}")
+
+
+def _add_sampling_args(p):
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by 'ddpm-fast train'")
+    p.add_argument("--num", type=int, default=64, help="how many images to sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="default: cuda when available")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
+    p.add_argument("--no-accelerate", action="store_true", help="sample with the reference ops")
+
+
+def _sample(args):
+    device = pick_device(args.device)
+    model, diffusion, image_size = model_from_checkpoint(
+        load_checkpoint(args.checkpoint, device), device, use_ema=not args.no_ema)
+    if not args.no_accelerate:
+        from .fused import accelerate
+
+        accelerate(model)
+    torch.manual_seed(args.seed)
+    return diffusion.sample(model, image_size, batch_size=args.num, channels=model.channels)
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="sample images from a checkpoint into a PNG grid",
+                       description="Run the 200-step reverse process and save the final images "
+                       "as a grid (and optionally the GIF of one being denoised).")
+    _add_sampling_args(p)
+    p.add_argument("--out", default="samples.png", help="grid PNG path (default: samples.png)")
+    p.add_argument("--gif", help="also write the denoising GIF of sample --index here")
+    p.add_argument("--index", type=int, default=0, help="which sample the GIF shows")
+    p.set_defaults(run=_run_sample)
+
+
+def _run_sample(args):
+    steps = _sample(args)
+    print(f"wrote {save_grid(steps[-1], args.out)}")
+    if args.gif:
+        print(f"wrote {save_denoising_gif(steps, args.gif, index=args.index)}")
+
+
+def _add_animate(sub):
+    p = sub.add_parser("animate", help="GIF of one sample being denoised",
+                       description="Sample from a checkpoint and animate the reverse process of "
+                       "one image (or, with --grid, of all of them).")
+    _add_sampling_args(p)
+    p.set_defaults(num=16)
+    p.add_argument("--out", default="denoising.gif")
+    p.add_argument("--index", type=int, default=0, help="which sample to animate")
+    p.add_argument("--grid", action="store_true", help="animate the grid of all samples")
+    p.set_defaults(run=_run_animate)
+
+
+def _run_animate(args):
+    steps = _sample(args)
+    print(f"wrote {save_denoising_gif(steps, args.out, index='grid' if args.grid else args.index)}")
+
+
+def _add_noise(sub):
+    p = sub.add_parser("noise", help="the seed's figure: one image noised at several timesteps",
+                       description="Plot q_sample of one training image at t = 0, 50, 100, 150, 199.")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--index", type=int, default=0, help="which image of the data set")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--schedule", choices=sorted(BETA_SCHEDULES), default="linear")
+    p.add_argument("--timesteps", type=int, default=200, help="T of the schedule")
+    p.add_argument("--at", type=int, nargs="+", default=[0, 50, 100, 150, 199],
+                   help="the timesteps to show")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="noising.png")
+    p.set_defaults(run=_run_noise)
+
+
+def _run_noise(args):
+    data = load_dataset(args.dataset, args.image_size, args.data_dir, hflip=False)
+    if not 0 <= args.index < len(data):
+        raise ValueError(f"--index must lie in [0, {len(data)}), got {args.index}")
+    diffusion = GaussianDiffusion(args.timesteps, args.schedule)
+    path = plot_noising(diffusion, data.images[args.index], args.out, args.at, args.seed)
+    print(f"wrote {path}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ddpm-fast", description="Train and sample a DDPM (The Annotated Diffusion Model), fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    _add_noise(sub)
+    _add_animate(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, DataError, FileNotFoundError) as error:
+        print(f"ddpm-fast {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

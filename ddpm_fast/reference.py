@@ -1,0 +1,97 @@
+"""Pure-PyTorch reference of every fused op: the specification and the test oracle.
+
+Each function has the same signature as its compiled twin in :mod:`ddpm_fast.ops`, and is what
+``ops`` runs when the compiled extension is missing or a case is not covered by a kernel.
+"""
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("none", "silu", "gelu")
+
+
+def gather_timesteps(table, t, ndim):
+    """``table[t]`` shaped to broadcast over a ``ndim``-D batch: (T,), (B,) -> (B, 1, ..., 1).
+
+    This replaces the seed's ``extract``, which moved ``t`` to the CPU (a device sync) at every
+    call; here ``t`` stays where it is.
+    """
+    return table.gather(0, t).reshape(t.shape[0], *((1,) * (ndim - 1)))
+
+
+def q_sample(x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noise):
+    """Forward noising ``x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * noise``.
+
+    x_start, noise: (B, ...); t: (B,) int64 in [0, T); the two tables: (T,). Returns (B, ...).
+    """
+    a = gather_timesteps(sqrt_alphas_cumprod, t, x_start.dim()).to(x_start.dtype)
+    b = gather_timesteps(sqrt_one_minus_alphas_cumprod, t, x_start.dim()).to(x_start.dtype)
+    return a * x_start + b * noise
+
+
+def p_sample_update(x, eps, t, sqrt_recip_alphas, eps_coef, posterior_std, noise):
+    """One reverse step from the predicted noise (DDPM algorithm 2, line 4).
+
+    ``x_prev = sqrt(1/alpha_t) * (x - beta_t / sqrt(1 - abar_t) * eps) + sigma_t * noise``, where
+    ``eps_coef = beta / sqrt(1 - abar)`` and ``posterior_std = sigma``. ``posterior_std[0]`` is 0,
+    so no noise is added at t = 0 without any branch on ``t``.
+
+    x, eps, noise: (B, ...); t: (B,) int64 in [0, T); tables: (T,). Returns (B, ...).
+    """
+    n = x.dim()
+    c_mean = gather_timesteps(sqrt_recip_alphas, t, n).to(x.dtype)
+    c_eps = gather_timesteps(eps_coef, t, n).to(x.dtype)
+    c_noise = gather_timesteps(posterior_std, t, n).to(x.dtype)
+    return c_mean * (x - c_eps * eps) + c_noise * noise
+
+
+def apply_activation(x, act):
+    """``act`` is one of ``ACTIVATIONS``: 'none', 'silu' or 'gelu' (exact, erf-based)."""
+    if act == "silu":
+        return F.silu(x)
+    if act == "gelu":
+        return F.gelu(x)
+    if act == "none":
+        return x
+    raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
+
+
+def group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act):
+    """GroupNorm, then optional ``y * (scale + 1) + shift``, then an activation.
+
+    x: (N, C, H, W), any memory format; weight, bias: (C,) or None; scale, shift: (N, C) or None
+    (the time embedding); num_groups divides C; act: 'none' | 'silu' | 'gelu'.
+    Statistics are computed in float32 for half-precision inputs. Returns (N, C, H, W).
+    """
+    y = F.group_norm(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x,
+                     num_groups, None, None, eps)
+    y = y.to(x.dtype)
+    n, c = x.shape[:2]
+    if weight is not None:
+        y = y * weight.view(1, c, 1, 1)
+    if bias is not None:
+        y = y + bias.view(1, c, 1, 1)
+    if scale is not None:
+        y = y * (scale.view(n, c, 1, 1) + 1)
+    if shift is not None:
+        y = y + shift.view(n, c, 1, 1)
+    return apply_activation(y, act)
+
+
+def linear_attention(qkv, heads, scale):
+    """The core of the seed's ``LinearAttention``, between ``to_qkv`` and ``to_out``.
+
+    qkv: (B, 3 * heads * dim_head, H, W), the ``to_qkv`` output, split into q, k, v along
+    channels. q is softmaxed over its dim_head channels and multiplied by ``scale``, k is
+    softmaxed over the H*W positions, ``context = k @ v^T`` (dim_head x dim_head per head) and
+    the output is ``context^T @ q``. Returns (B, heads * dim_head, H, W).
+    """
+    b, c3, h, w = qkv.shape
+    dim_head = c3 // (3 * heads)
+    q, k, v = qkv.reshape(b, 3, heads, dim_head, h * w).unbind(1)
+    q = q.softmax(dim=-2) * scale
+    k = k.softmax(dim=-1)
+    context = torch.einsum("b h d n, b h e n -> b h d e", k, v)
+    out = torch.einsum("b h d e, b h d n -> b h e n", context, q)
+    return out.reshape(b, heads * dim_head, h, w)
+
