@@ -1,0 +1,89 @@
+// Input checks shared by the CPU and CUDA bindings: each names the op, the parameter and what
+// was expected, so a bad call fails with a message a user can act on.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace ddpm_fast {
+
+inline void check_same_layout(const char* op, const at::Tensor& ref, const at::Tensor& other,
+                              const char* ref_name, const char* name) {
+  TORCH_CHECK(other.sizes() == ref.sizes(), op, ": ", name, " must have the shape of ", ref_name,
+              " ", ref.sizes(), ", got ", other.sizes());
+  TORCH_CHECK(other.scalar_type() == ref.scalar_type(), op, ": ", name, " must have ", ref_name,
+              "'s dtype ", ref.scalar_type(), ", got ", other.scalar_type());
+  TORCH_CHECK(other.device() == ref.device(), op, ": ", name, " must be on ", ref_name,
+              "'s device ", ref.device(), ", got ", other.device());
+}
+
+inline void check_timesteps(const char* op, const at::Tensor& x, const at::Tensor& t,
+                            std::initializer_list<const at::Tensor*> tables) {
+  TORCH_CHECK(x.dim() >= 1, op, ": expected a batched input, got a 0-D tensor");
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(0), op, ": t must have shape (",
+              x.size(0), ",), one timestep per sample, got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kLong, op, ": t must be int64, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": t must be on ", x.device(), ", got ", t.device());
+  const int64_t T = (*tables.begin())->numel();
+  for (const at::Tensor* table : tables) {
+    TORCH_CHECK(table->dim() == 1 && table->numel() == T, op,
+                ": schedule tables must all have shape (T,), got ", table->sizes());
+    TORCH_CHECK(table->device() == x.device(), op, ": schedule tables must be on ", x.device(),
+                ", got ", table->device());
+    TORCH_CHECK(table->scalar_type() == at::kFloat || table->scalar_type() == x.scalar_type(),
+                op, ": schedule tables must be float32 or ", x.scalar_type(), ", got ",
+                table->scalar_type());
+  }
+}
+
+// Activation codes shared by every backend.
+enum class Act : int { kNone = 0, kSilu = 1, kGelu = 2 };
+
+inline Act parse_act(const std::string& act) {
+  if (act == "none") return Act::kNone;
+  if (act == "silu") return Act::kSilu;
+  if (act == "gelu") return Act::kGelu;
+  TORCH_CHECK(false, "group_norm_act: act must be 'none', 'silu' or 'gelu', got '", act, "'");
+}
+
+inline void check_group_norm_args(const at::Tensor& x, int64_t num_groups,
+                                  const c10::optional<at::Tensor>& weight,
+                                  const c10::optional<at::Tensor>& bias,
+                                  const c10::optional<at::Tensor>& scale,
+                                  const c10::optional<at::Tensor>& shift) {
+  TORCH_CHECK(x.dim() == 4, "group_norm_act: expected a 4-D NCHW input, got ", x.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "group_norm_act: x must be a floating-point tensor, got ", x.scalar_type());
+  const int64_t C = x.size(1);
+  TORCH_CHECK(num_groups >= 1 && C % num_groups == 0, "group_norm_act: num_groups=", num_groups,
+              " must divide the ", C, " channels");
+  for (const auto* p : {&weight, &bias}) {
+    if (p->has_value()) {
+      TORCH_CHECK((*p)->dim() == 1 && (*p)->size(0) == C,
+                  "group_norm_act: weight and bias must have shape (", C, ",), got ",
+                  (*p)->sizes());
+      TORCH_CHECK((*p)->scalar_type() == x.scalar_type() && (*p)->device() == x.device(),
+                  "group_norm_act: weight and bias must match x's dtype and device");
+    }
+  }
+  for (const auto* p : {&scale, &shift}) {
+    if (p->has_value()) {
+      TORCH_CHECK((*p)->numel() == x.size(0) * C,
+                  "group_norm_act: scale and shift must have shape (", x.size(0), ", ", C,
+                  "), got ", (*p)->sizes());
+      TORCH_CHECK((*p)->scalar_type() == x.scalar_type() && (*p)->device() == x.device(),
+                  "group_norm_act: scale and shift must match x's dtype and device");
+    }
+  }
+}
+
+inline void check_linear_attention_args(const at::Tensor& qkv, int64_t heads) {
+  TORCH_CHECK(qkv.dim() == 4, "linear_attention: expected qkv of shape (B, 3*heads*dim_head, H, W), got ",
+              qkv.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(qkv.scalar_type()),
+              "linear_attention: qkv must be a floating-point tensor, got ", qkv.scalar_type());
+  TORCH_CHECK(heads >= 1 && qkv.size(1) % (3 * heads) == 0, "linear_attention: heads=", heads,
+              " must divide qkv's ", qkv.size(1), " channels into 3*heads equal parts");
+}
+
+}  // namespace ddpm_fast

@@ -1,0 +1,384 @@
+// CPU kernels of group_norm_act: GroupNorm, then x * (scale + 1) + shift, then an activation, in
+// one pass over memory after the statistics, forward and backward, NCHW and channels_last.
+//
+// Notation: per sample n and group g, M = (C / G) * H * W elements; xhat = (x - mean) * rstd;
+// z = xhat * weight + bias; u = z * (1 + scale) + shift; y = act(u). Per (n, c) the whole
+// affine chain folds into y = act(a[n,c] * x + b[n,c]).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "activations.h"
+#include "vector_math.h"
+
+namespace ddpm_fast {
+namespace {
+
+// Optional per-channel and per-(n, c) inputs, read with their identity values when absent.
+template <typename T>
+struct Affine {
+  const T* weight;  // (C,) or null (= 1)
+  const T* bias;    // (C,) or null (= 0)
+  const T* scale;   // (N, C) or null (= 0, i.e. multiply by 1)
+  const T* shift;   // (N, C) or null (= 0)
+  int64_t C;
+  T w(int64_t c) const { return weight ? weight[c] : T(1); }
+  T b(int64_t c) const { return bias ? bias[c] : T(0); }
+  T s1(int64_t n, int64_t c) const { return scale ? T(1) + scale[n * C + c] : T(1); }
+  T sh(int64_t n, int64_t c) const { return shift ? shift[n * C + c] : T(0); }
+  // y = act(a * x + b) with a, b folding the norm, the affine weights and scale/shift.
+  void fold(int64_t n, int64_t c, T mean, T rstd, T* a, T* b) const {
+    const T k = w(c) * s1(n, c);
+    *a = rstd * k;
+    *b = (this->b(c) - mean * rstd * w(c)) * s1(n, c) + sh(n, c);
+  }
+};
+
+template <typename T>
+const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+c10::optional<at::Tensor> contiguous_or_none(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
+}
+
+// ---- vectorised inner loops (one SIMD clone per ISA, see vector_math.h)
+
+template <typename T>
+DDPM_FAST_SIMD_CLONES T sum_of(const T* x, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += x[j];
+  return s;
+}
+
+template <typename T>
+DDPM_FAST_SIMD_CLONES T squared_deviation_sum(const T* x, int64_t n, T mean) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += (x[j] - mean) * (x[j] - mean);
+  return s;
+}
+
+template <typename T, Act A>
+DDPM_FAST_SIMD_CLONES void affine_act(const T* x, T* y, int64_t n, T a, T b) {
+  for (int64_t j = 0; j < n; ++j) y[j] = act_forward<A>(a * x[j] + b);
+}
+
+// channels_last: acc[c] += sum over positions of x[j, c] (or of (x - mean[c])^2).
+template <typename T>
+DDPM_FAST_SIMD_CLONES void channel_sums(const T* x, int64_t HW, int64_t C, T* acc) {
+  for (int64_t j = 0; j < HW; ++j)
+    for (int64_t c = 0; c < C; ++c) acc[c] += x[j * C + c];
+}
+
+template <typename T>
+DDPM_FAST_SIMD_CLONES void channel_squared_deviations(const T* x, int64_t HW, int64_t C,
+                                                      const T* mean, T* acc) {
+  for (int64_t j = 0; j < HW; ++j)
+    for (int64_t c = 0; c < C; ++c) acc[c] += (x[j * C + c] - mean[c]) * (x[j * C + c] - mean[c]);
+}
+
+template <typename T, Act A>
+DDPM_FAST_SIMD_CLONES void channel_affine_act(const T* x, T* y, int64_t HW, int64_t C, const T* a,
+                                              const T* b) {
+  for (int64_t j = 0; j < HW; ++j)
+    for (int64_t c = 0; c < C; ++c) y[j * C + c] = act_forward<A>(a[c] * x[j * C + c] + b[c]);
+}
+
+// Forward, NCHW: one task per (n, g), whose M elements are contiguous. Two-pass statistics
+// (mean, then squared deviations) keep float32 accurate; the block is re-read from cache.
+template <typename T, Act A>
+void forward_nchw(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p, int64_t N,
+                  int64_t G, int64_t HW, double eps) {
+  const int64_t C = p.C, Cg = C / G, M = Cg * HW;
+  at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / G, g = i % G;
+      const T* xb = x + (n * C + g * Cg) * HW;
+      const T mean = sum_of(xb, M) / T(M);
+      const T rstd = T(1) / std::sqrt(squared_deviation_sum(xb, M, mean) / T(M) + T(eps));
+      mean_out[i] = mean;
+      rstd_out[i] = rstd;
+      for (int64_t cl = 0; cl < Cg; ++cl) {
+        T a, b;
+        p.fold(n, g * Cg + cl, mean, rstd, &a, &b);
+        const int64_t offset = (n * C + g * Cg + cl) * HW;
+        affine_act<T, A>(x + offset, y + offset, HW, a, b);
+      }
+    }
+  });
+}
+
+// Forward, channels_last: one task per sample n, whose HW x C block is contiguous; the inner
+// loops run over channels, so they vectorise, and group sums gather per-channel sums.
+template <typename T, Act A>
+void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p, int64_t N,
+                  int64_t G, int64_t HW, double eps) {
+  const int64_t C = p.C, Cg = C / G;
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(C), chan_mean(C), a(C), b(C);
+    for (int64_t n = begin; n < end; ++n) {
+      const T* xn = x + n * HW * C;
+      std::fill(acc.begin(), acc.end(), T(0));
+      channel_sums(xn, HW, C, acc.data());
+      for (int64_t g = 0; g < G; ++g) {
+        const T mean = sum_of(acc.data() + g * Cg, Cg) / T(Cg * HW);
+        std::fill(chan_mean.begin() + g * Cg, chan_mean.begin() + (g + 1) * Cg, mean);
+      }
+      std::fill(acc.begin(), acc.end(), T(0));
+      channel_squared_deviations(xn, HW, C, chan_mean.data(), acc.data());
+      for (int64_t g = 0; g < G; ++g) {
+        const T mean = chan_mean[g * Cg];
+        const T rstd = T(1) / std::sqrt(sum_of(acc.data() + g * Cg, Cg) / T(Cg * HW) + T(eps));
+        mean_out[n * G + g] = mean;
+        rstd_out[n * G + g] = rstd;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) p.fold(n, c, mean, rstd, &a[c], &b[c]);
+      }
+      channel_affine_act<T, A>(xn, y + n * HW * C, HW, C, a.data(), b.data());
+    }
+  });
+}
+
+bool use_channels_last(const at::Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_cpu(
+    const at::Tensor& x_in, int64_t num_groups, const c10::optional<at::Tensor>& weight_in,
+    const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& scale_in,
+    const c10::optional<at::Tensor>& shift_in, double eps, c10::string_view act_name) {
+  check_group_norm_args(x_in, num_groups, weight_in, bias_in, scale_in, shift_in);
+  const Act act = parse_act(std::string(act_name));
+  const bool nhwc = use_channels_last(x_in);
+  const at::Tensor x = nhwc ? x_in : x_in.contiguous();
+  const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
+  const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor y = at::empty_like(x);
+  at::Tensor mean = at::empty({N, num_groups}, x.options());
+  at::Tensor rstd = at::empty({N, num_groups}, x.options());
+  if (x.numel() == 0) return {y, mean.fill_(0), rstd.fill_(0)};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_act", [&] {
+    using T = scalar_t;
+    const Affine<T> p{ptr_or_null<T>(weight), ptr_or_null<T>(bias), ptr_or_null<T>(scale),
+                      ptr_or_null<T>(shift), C};
+    dispatch_act(act, [&]<Act A>() {
+      (nhwc ? forward_nhwc<T, A> : forward_nchw<T, A>)(x.data_ptr<T>(), y.data_ptr<T>(),
+                                                      mean.data_ptr<T>(), rstd.data_ptr<T>(),
+                                                      p, N, num_groups, HW, eps);
+    });
+  });
+  return {y, mean, rstd};
+}
+
+// Backward. With du = dy * act'(u) and per-(n, c) sums sum_du = sum(du), sum_du_xhat =
+// sum(du * xhat), and k = weight * (1 + scale):
+//   dshift = sum_du, dscale = weight * sum_du_xhat + bias * sum_du,
+//   dweight = sum_n (1 + scale) * sum_du_xhat, dbias = sum_n (1 + scale) * sum_du,
+//   dx = rstd * (k * du - m1 - xhat * m2), m1 = sum_{c in g} k * sum_du / M,
+//   m2 = sum_{c in g} k * sum_du_xhat / M.
+// Pass 1 reduces the sums, pass 2 writes dx; both recompute u = k * xhat + ub (ub = bias *
+// (1 + scale) + shift) rather than storing it.
+
+template <typename T, Act A>
+DDPM_FAST_INLINE T grad_u(T xhat, T dy, T k, T ub) {
+  if constexpr (A == Act::kNone) {
+    return dy;
+  } else {
+    return dy * act_derivative<A>(k * xhat + ub);
+  }
+}
+
+// One channel row (NCHW): the two sums of pass 1.
+template <typename T, Act A>
+DDPM_FAST_SIMD_CLONES void row_grad_sums(const T* x, const T* dy, int64_t n, T mean, T rstd, T k,
+                                         T ub, T* sum_du, T* sum_du_xhat) {
+  T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t j = 0; j < n; ++j) {
+    const T xhat = (x[j] - mean) * rstd;
+    const T du = grad_u<T, A>(xhat, dy[j], k, ub);
+    s1 += du;
+    s2 += du * xhat;
+  }
+  *sum_du = s1;
+  *sum_du_xhat = s2;
+}
+
+template <typename T, Act A>
+DDPM_FAST_SIMD_CLONES void row_grad_input(const T* x, const T* dy, T* dx, int64_t n, T mean,
+                                          T rstd, T k, T ub, T m1, T m2) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T xhat = (x[j] - mean) * rstd;
+    dx[j] = rstd * (k * grad_u<T, A>(xhat, dy[j], k, ub) - m1 - xhat * m2);
+  }
+}
+
+// One sample (channels_last): per-channel vectors mean, rstd, k, ub (and m1, m2 in pass 2).
+template <typename T, Act A>
+DDPM_FAST_SIMD_CLONES void channel_grad_sums(const T* x, const T* dy, int64_t HW, int64_t C,
+                                             const T* mean, const T* rstd, const T* k,
+                                             const T* ub, T* sum_du, T* sum_du_xhat) {
+  for (int64_t j = 0; j < HW; ++j)
+    for (int64_t c = 0; c < C; ++c) {
+      const T xhat = (x[j * C + c] - mean[c]) * rstd[c];
+      const T du = grad_u<T, A>(xhat, dy[j * C + c], k[c], ub[c]);
+      sum_du[c] += du;
+      sum_du_xhat[c] += du * xhat;
+    }
+}
+
+template <typename T, Act A>
+DDPM_FAST_SIMD_CLONES void channel_grad_input(const T* x, const T* dy, T* dx, int64_t HW,
+                                              int64_t C, const T* mean, const T* rstd,
+                                              const T* k, const T* ub, const T* m1,
+                                              const T* m2) {
+  for (int64_t j = 0; j < HW; ++j)
+    for (int64_t c = 0; c < C; ++c) {
+      const T xhat = (x[j * C + c] - mean[c]) * rstd[c];
+      const T du = grad_u<T, A>(xhat, dy[j * C + c], k[c], ub[c]);
+      dx[j * C + c] = rstd[c] * (k[c] * du - m1[c] - xhat * m2[c]);
+    }
+}
+
+template <typename T, Act A>
+struct Backward {
+  const T *dy, *x, *mean, *rstd;
+  Affine<T> p;
+  int64_t N, G, HW;
+  T* dx;
+  T* sum_du;       // (N, C)
+  T* sum_du_xhat;  // (N, C)
+
+  int64_t Cg() const { return p.C / G; }
+  T k(int64_t n, int64_t c) const { return p.w(c) * p.s1(n, c); }
+  T ub(int64_t n, int64_t c) const { return p.b(c) * p.s1(n, c) + p.sh(n, c); }
+
+  // (m1, m2) of every group of sample n, from the per-channel sums.
+  void group_terms(int64_t n, T* m1, T* m2) const {
+    const T M = T(Cg() * HW);
+    for (int64_t g = 0; g < G; ++g) {
+      T a = 0, b = 0;
+      for (int64_t c = g * Cg(); c < (g + 1) * Cg(); ++c) {
+        a += k(n, c) * sum_du[n * p.C + c];
+        b += k(n, c) * sum_du_xhat[n * p.C + c];
+      }
+      m1[g] = a / M;
+      m2[g] = b / M;
+    }
+  }
+
+  void run_nchw() const {
+    const int64_t C = p.C;
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / C, c = i % C, g = c / Cg();
+        row_grad_sums<T, A>(x + i * HW, dy + i * HW, HW, mean[n * G + g], rstd[n * G + g],
+                            k(n, c), ub(n, c), sum_du + i, sum_du_xhat + i);
+      }
+    });
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> m1(G), m2(G);
+      int64_t terms_of = -1;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / C, c = i % C, g = c / Cg();
+        if (terms_of != n) {
+          group_terms(n, m1.data(), m2.data());
+          terms_of = n;
+        }
+        row_grad_input<T, A>(x + i * HW, dy + i * HW, dx + i * HW, HW, mean[n * G + g],
+                             rstd[n * G + g], k(n, c), ub(n, c), m1[g], m2[g]);
+      }
+    });
+  }
+
+  void run_nhwc() const {
+    const int64_t C = p.C;
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> m1(G), m2(G), cmean(C), crstd(C), ck(C), cub(C), cm1(C), cm2(C);
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t g = c / Cg();
+          cmean[c] = mean[n * G + g];
+          crstd[c] = rstd[n * G + g];
+          ck[c] = k(n, c);
+          cub[c] = ub(n, c);
+        }
+        const int64_t offset = n * HW * C;
+        channel_grad_sums<T, A>(x + offset, dy + offset, HW, C, cmean.data(), crstd.data(),
+                                ck.data(), cub.data(), sum_du + n * C, sum_du_xhat + n * C);
+        group_terms(n, m1.data(), m2.data());
+        for (int64_t c = 0; c < C; ++c) {
+          cm1[c] = m1[c / Cg()];
+          cm2[c] = m2[c / Cg()];
+        }
+        channel_grad_input<T, A>(x + offset, dy + offset, dx + offset, HW, C, cmean.data(),
+                                 crstd.data(), ck.data(), cub.data(), cm1.data(), cm2.data());
+      }
+    });
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+group_norm_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
+                            const at::Tensor& mean_in, const at::Tensor& rstd_in,
+                            int64_t num_groups, const c10::optional<at::Tensor>& weight_in,
+                            const c10::optional<at::Tensor>& bias_in,
+                            const c10::optional<at::Tensor>& scale_in,
+                            const c10::optional<at::Tensor>& shift_in,
+                            c10::string_view act_name) {
+  check_group_norm_args(x_in, num_groups, weight_in, bias_in, scale_in, shift_in);
+  check_same_layout("group_norm_act_backward", x_in, grad_y, "x", "grad_y");
+  const Act act = parse_act(std::string(act_name));
+  const bool nhwc = use_channels_last(x_in);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(format), dy = grad_y.contiguous(format);
+  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
+  const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor sum_du = at::zeros({N, C}, x.options());
+  at::Tensor sum_du_xhat = at::zeros({N, C}, x.options());
+  if (x.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_act_backward", [&] {
+      using T = scalar_t;
+      const Affine<T> p{ptr_or_null<T>(weight), ptr_or_null<T>(bias), ptr_or_null<T>(scale),
+                        ptr_or_null<T>(shift), C};
+      dispatch_act(act, [&]<Act A>() {
+        const Backward<T, A> bw{dy.data_ptr<T>(), x.data_ptr<T>(), mean.data_ptr<T>(),
+                                rstd.data_ptr<T>(), p, N, num_groups, HW, dx.data_ptr<T>(),
+                                sum_du.data_ptr<T>(), sum_du_xhat.data_ptr<T>()};
+        nhwc ? bw.run_nhwc() : bw.run_nchw();
+      });
+    });
+  }
+  // The parameter gradients are small (N, C) reductions of the two sums.
+  const at::Tensor one_plus_scale = scale.has_value() ? scale->reshape({N, C}) + 1 : at::ones({N, C}, x.options());
+  const at::Tensor empty = at::empty({0}, x.options());
+  const at::Tensor dweight = weight.has_value() ? (one_plus_scale * sum_du_xhat).sum(0) : empty;
+  const at::Tensor dbias = bias.has_value() ? (one_plus_scale * sum_du).sum(0) : empty;
+  at::Tensor dscale = empty;
+  if (scale.has_value()) {
+    at::Tensor z_sum = sum_du_xhat;
+    if (weight.has_value()) z_sum = z_sum * *weight;
+    if (bias.has_value()) z_sum = z_sum + sum_du * *bias;
+    dscale = z_sum.reshape(scale_in->sizes());
+  }
+  const at::Tensor dshift = shift.has_value() ? sum_du.reshape(shift_in->sizes()) : empty;
+  return {dx, dweight, dbias, dscale, dshift};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
+  m.impl("group_norm_act", &group_norm_act_cpu);
+  m.impl("group_norm_act_backward", &group_norm_act_backward_cpu);
+}
+
+}  // namespace ddpm_fast

@@ -1,0 +1,195 @@
+"""Fused modules and :func:`accelerate`, the only place that swaps them into a U-Net.
+
+The fused modules keep the parameter names of the modules they replace (``nn.GroupNorm``'s
+``weight``/``bias``, the seed's ``proj``/``norm``/``to_qkv``/``to_out``) and share their
+parameter tensors, so ``state_dict`` keys and optimizer state are untouched. Whatever a kernel
+does not cover runs the pure-PyTorch reference (see :mod:`ddpm_fast.ops`).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+
+
+class FusedGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` followed by an optional activation, in one fused op.
+
+    Same constructor and parameters as ``nn.GroupNorm`` plus ``act`` ('none', 'silu' or
+    'gelu'). ``forward(x, scale_shift=None)``: x (N, C, H, W), NCHW or channels_last;
+    ``scale_shift``: optional pair of (N, C) or (N, C, 1, 1) tensors applied as
+    ``y * (scale + 1) + shift`` between the norm and the activation. Inputs the compiled
+    kernels do not cover (other devices or dtypes, other ranks) run the reference.
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, act="none",
+                 device=None, dtype=None):
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        self.act = act
+
+    @classmethod
+    def from_group_norm(cls, norm, act="none"):
+        """A FusedGroupNorm sharing ``norm``'s parameters (no copy)."""
+        fused = cls(norm.num_groups, norm.num_channels, norm.eps, affine=False, act=act)
+        fused.weight, fused.bias = norm.weight, norm.bias
+        return fused
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, act={self.act!r}"
+
+    def forward(self, x, scale_shift=None):
+        if x.dim() != 4:
+            return _activation(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps),
+                               self.act, scale_shift)
+        scale = shift = None
+        if scale_shift is not None:
+            scale, shift = (s.reshape(x.shape[0], x.shape[1]) for s in scale_shift)
+        return ops.group_norm_act(x, self.num_groups, self.weight, self.bias, scale, shift,
+                                  self.eps, self.act)
+
+
+def _activation(y, act, scale_shift):
+    if scale_shift is not None:
+        scale, shift = scale_shift
+        y = y * (scale + 1) + shift
+    from .reference import apply_activation
+
+    return apply_activation(y, act)
+
+
+class FusedBlock(nn.Module):
+    """The seed's ``Block`` (3x3 conv, GroupNorm, scale/shift, SiLU) with the norm, scale/shift
+    and SiLU fused. Holds the original ``proj`` and a FusedGroupNorm sharing ``norm``'s weights.
+    ``act`` stays as a parameter-free module so the module tree keeps the seed's names.
+
+    x: (B, dim, H, W) -> (B, dim_out, H, W).
+    """
+
+    def __init__(self, proj, norm, act):
+        super().__init__()
+        self.proj = proj
+        self.norm = FusedGroupNorm.from_group_norm(norm, act="silu")
+        self.act = act
+
+    def forward(self, x, scale_shift=None):
+        return self.norm(self.proj(x), scale_shift)
+
+
+def _conv1x1(x, weight, bias=None):
+    """A 1x1 convolution as one GEMM. x: (B, C_in, H, W) -> (B, C_out, H*W) contiguous.
+
+    oneDNN's 1x1 convolution on NCHW CPU tensors runs at a fraction of GEMM speed; as a batched
+    GEMM it reads channels_last or NCHW input in place and writes NCHW for the attention
+    kernel (torch.matmul would fold the batch the other way and then copy).
+    """
+    b, c, h, w = x.shape
+    w2d = weight.reshape(weight.shape[0], c)
+    x3d = x.reshape(b, c, h * w)
+    if bias is None:
+        return torch.bmm(w2d.expand(b, -1, -1), x3d)
+    return torch.baddbmm(bias[:, None].expand(b, -1, h * w), w2d.expand(b, -1, -1), x3d)
+
+
+class FusedLinearAttention(nn.Module):
+    """The seed's ``LinearAttention`` with its core (two softmaxes, two contractions) in one op,
+    its 1x1 projections as GEMMs and its output GroupNorm fused.
+
+    Keeps ``to_qkv`` (Conv2d, 1x1, no bias) and ``to_out`` (Sequential of a 1x1 Conv2d and a
+    GroupNorm(1)) under their names. x: (B, dim, H, W) -> (B, dim, H, W).
+    """
+
+    def __init__(self, to_qkv, to_out, heads, scale):
+        super().__init__()
+        self.heads = heads
+        self.scale = scale
+        self.to_qkv = to_qkv
+        conv, norm = to_out
+        self.to_out = nn.Sequential(conv, FusedGroupNorm.from_group_norm(norm))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        qkv = _conv1x1(x, self.to_qkv.weight).view(b, -1, h, w)
+        out = ops.linear_attention(qkv, self.heads, self.scale)
+        conv, norm = self.to_out
+        y = _conv1x1(out, conv.weight, conv.bias).view(b, -1, h, w)
+        return norm(y)
+
+
+# ---------------------------------------------------------------- matching by structure
+
+
+def _child_names(module):
+    return set(module._modules)
+
+
+def _is_block(m):
+    """The seed's Block: proj (Conv2d), norm (GroupNorm), act (SiLU), nothing else."""
+    return (
+        _child_names(m) == {"proj", "norm", "act"}
+        and isinstance(m.proj, nn.Conv2d)
+        and type(m.norm) is nn.GroupNorm
+        and isinstance(m.act, nn.SiLU)
+    )
+
+
+def _is_linear_attention(m):
+    """The seed's LinearAttention: 1x1 to_qkv without bias, to_out = [1x1 Conv2d, GroupNorm]."""
+    if _child_names(m) != {"to_qkv", "to_out"} or not hasattr(m, "heads") or not hasattr(m, "scale"):
+        return False
+    qkv, out = m.to_qkv, m.to_out
+    return (
+        isinstance(qkv, nn.Conv2d) and qkv.kernel_size == (1, 1) and qkv.bias is None
+        and qkv.groups == 1 and qkv.stride == (1, 1) and qkv.padding == (0, 0)
+        and isinstance(out, nn.Sequential) and len(out) == 2
+        and isinstance(out[0], nn.Conv2d) and out[0].kernel_size == (1, 1) and out[0].groups == 1
+        and out[0].stride == (1, 1) and out[0].padding == (0, 0)
+        and type(out[1]) is nn.GroupNorm
+        and qkv.out_channels % (3 * m.heads) == 0
+    )
+
+
+def _fused_replacement(m):
+    """The fused module to put in place of ``m``, or None to recurse into it."""
+    if _is_block(m):
+        return FusedBlock(m.proj, m.norm, m.act)
+    if _is_linear_attention(m):
+        return FusedLinearAttention(m.to_qkv, m.to_out, m.heads, m.scale)
+    if type(m) is nn.GroupNorm:  # PreNorm's and ConvNextBlock's norms
+        return FusedGroupNorm.from_group_norm(m)
+    return None
+
+
+def _swap(module):
+    count = 0
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        replacement = _fused_replacement(child)
+        if replacement is None:
+            count += _swap(child)
+        else:
+            module._modules[name] = replacement
+            count += 1
+    return count
+
+
+def accelerate(model, channels_last=None):
+    """Swap the fused ops into a U-Net in place and return it.
+
+    Works on :class:`ddpm_fast.Unet` and on any U-Net with the seed's structure (a user's copy
+    of the blog's classes): modules are matched by their children, not by class. The
+    ``state_dict`` keys and the parameter tensors are unchanged.
+
+    Args:
+        model: the U-Net (any ``nn.Module``; parts that match nothing are left alone).
+        channels_last: store conv weights channels_last, so activations flow in that layout.
+            Default: on for CPU models, where oneDNN's convolutions are faster in it.
+    """
+    _swap(model)
+    if channels_last is None:
+        param = next(model.parameters(), None)
+        channels_last = param is not None and param.device.type == "cpu"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,251 @@
+"""Python face of the compiled ops: loading, fake (meta) kernels, autograd and fallbacks.
+
+The schemas live in ``csrc/ops.cpp`` (namespace ``ddpm_fast``), each backend registers its
+kernels in C++, and this module adds what torch.compile and autograd need. Every public
+function here has the signature of its twin in :mod:`ddpm_fast.reference` and runs that
+reference when the compiled op does not cover a case (extension missing, another device or
+dtype), so callers never need to check.
+"""
+
+import warnings
+
+import torch
+
+from . import reference
+
+_LOAD_ERROR = None
+try:
+    from . import _C  # noqa: F401  (importing the library runs its TORCH_LIBRARY registrations)
+except (ImportError, OSError) as error:  # a missing or broken build must not break the package
+    _LOAD_ERROR = f"{type(error).__name__}: {error}"
+    warnings.warn(
+        f"ddpm_fast: the compiled extension could not be loaded ({_LOAD_ERROR}); "
+        "using the pure-PyTorch reference ops. Reinstall with "
+        "'pip install --no-build-isolation .' to build it.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+OP_NAMES = ("q_sample", "p_sample_update", "group_norm_act", "linear_attention")
+# dtypes each backend's kernels are written for; anything else runs the reference.
+_KERNEL_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+
+
+def compiled_ops_loaded():
+    """True when the compiled extension ``ddpm_fast._C`` is loaded."""
+    return _LOAD_ERROR is None
+
+
+def load_error():
+    """Why the compiled extension failed to load, or None."""
+    return _LOAD_ERROR
+
+
+def _find_backends():
+    if not compiled_ops_loaded():
+        return ()
+    return tuple(
+        device
+        for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if torch._C._dispatch_has_kernel_for_dispatch_key("ddpm_fast::q_sample", key)
+    )
+
+
+# Found once at import: the dispatcher query is not something torch.compile can trace.
+_BACKENDS = _find_backends()
+
+
+def compiled_backends():
+    """The device types with compiled kernels, e.g. ``('cpu',)`` or ``('cpu', 'cuda')``."""
+    return _BACKENDS
+
+
+def _covered(*tensors):
+    """Whether a compiled kernel exists for these tensors' device and dtype."""
+    x = tensors[0]
+    return (
+        x.device.type in _BACKENDS
+        and x.dtype in _KERNEL_DTYPES[x.device.type]
+        and all(t.device == x.device and t.dtype == x.dtype for t in tensors if t is not None)
+    )
+
+
+# ---------------------------------------------------------------- q_sample / p_sample_update
+
+
+def q_sample(x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noise):
+    """Fused ``sqrt_ab[t] * x_start + sqrt_1mab[t] * noise``; see :func:`reference.q_sample`."""
+    if _covered(x_start, noise):
+        return torch.ops.ddpm_fast.q_sample(
+            x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noise
+        )
+    return reference.q_sample(x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noise)
+
+
+def p_sample_update(x, eps, t, sqrt_recip_alphas, eps_coef, posterior_std, noise):
+    """Fused reverse update from predicted noise; see :func:`reference.p_sample_update`."""
+    if _covered(x, eps, noise):
+        return torch.ops.ddpm_fast.p_sample_update(
+            x, eps, t, sqrt_recip_alphas, eps_coef, posterior_std, noise
+        )
+    return reference.p_sample_update(x, eps, t, sqrt_recip_alphas, eps_coef, posterior_std, noise)
+
+
+# ---------------------------------------------------------------- group_norm_act
+
+
+def group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act):
+    """Fused GroupNorm + scale/shift + activation; see :func:`reference.group_norm_act`.
+
+    x: (N, C, H, W) contiguous or channels_last; weight, bias: (C,) or None; scale, shift:
+    (N, C) or None; act: 'none' | 'silu' | 'gelu'. Returns (N, C, H, W) in x's memory format.
+    """
+    if act not in reference.ACTIVATIONS:
+        raise ValueError(f"act must be one of {reference.ACTIVATIONS}, got {act!r}")
+    if _covered(x, weight, bias, scale, shift) and x.dim() == 4:
+        return torch.ops.ddpm_fast.group_norm_act(
+            x, num_groups, weight, bias, scale, shift, eps, act
+        )[0]
+    return reference.group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act)
+
+
+# ---------------------------------------------------------------- linear_attention
+
+
+def linear_attention(qkv, heads, scale):
+    """Fused linear-attention core; see :func:`reference.linear_attention`.
+
+    qkv: (B, 3 * heads * dim_head, H, W) -> (B, heads * dim_head, H, W).
+    """
+    if _covered(qkv) and qkv.dim() == 4:
+        return torch.ops.ddpm_fast.linear_attention(qkv, heads, scale)
+    return reference.linear_attention(qkv, heads, scale)
+
+
+# ---------------------------------------------------------------- fake kernels and autograd
+
+
+def stats_dtype(dtype):
+    """dtype of the saved GroupNorm statistics: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _kernel_format(x):
+    # The kernels keep channels_last inputs channels_last and make everything else contiguous.
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _register_fakes():
+    @torch.library.register_fake("ddpm_fast::q_sample")
+    def _(x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noise):
+        return torch.empty_like(x_start, memory_format=_dense_format(x_start, noise))
+
+    @torch.library.register_fake("ddpm_fast::p_sample_update")
+    def _(x, eps, t, sqrt_recip_alphas, eps_coef, posterior_std, noise):
+        return torch.empty_like(x, memory_format=_dense_format(x, eps, noise))
+
+    @torch.library.register_fake("ddpm_fast::group_norm_act")
+    def _(x, num_groups, weight, bias, scale, shift, eps, act):
+        stats = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
+        return torch.empty_like(x, memory_format=_kernel_format(x)), stats, torch.empty_like(stats)
+
+    @torch.library.register_fake("ddpm_fast::group_norm_act_backward")
+    def _(grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift, act):
+        def like(p):
+            return torch.empty_like(p, memory_format=torch.contiguous_format) if p is not None else x.new_empty(0)
+
+        dx = torch.empty_like(x, memory_format=_kernel_format(x))
+        return dx, like(weight), like(bias), like(scale), like(shift)
+
+    @torch.library.register_fake("ddpm_fast::linear_attention")
+    def _(qkv, heads, scale):
+        b, c3, h, w = qkv.shape
+        return qkv.new_empty((b, c3 // 3, h, w))
+
+    @torch.library.register_fake("ddpm_fast::linear_attention_backward")
+    def _(grad_out, qkv, heads, scale):
+        return qkv.new_empty(qkv.shape)
+
+
+def _dense_format(x, *others):
+    # The elementwise kernels keep x's layout when every input shares it, else go contiguous.
+    if x.dim() == 4 and all(o.stride() == x.stride() for o in others):
+        return _kernel_format(x)
+    return torch.contiguous_format
+
+
+def _register_autograd():
+    def q_sample_setup(ctx, inputs, output):
+        x_start, t, a, b, noise = inputs
+        ctx.save_for_backward(t, a, b)
+
+    def q_sample_backward(ctx, grad):
+        t, a, b = ctx.saved_tensors
+        ga = reference.gather_timesteps(a, t, grad.dim()).to(grad.dtype)
+        gb = reference.gather_timesteps(b, t, grad.dim()).to(grad.dtype)
+        return grad * ga, None, None, None, grad * gb
+
+    torch.library.register_autograd(
+        "ddpm_fast::q_sample", q_sample_backward, setup_context=q_sample_setup
+    )
+
+    def p_sample_setup(ctx, inputs, output):
+        x, eps, t, m, e, s, noise = inputs
+        ctx.save_for_backward(t, m, e, s)
+
+    def p_sample_backward(ctx, grad):
+        t, m, e, s = ctx.saved_tensors
+        gm, ge, gs = (reference.gather_timesteps(v, t, grad.dim()).to(grad.dtype) for v in (m, e, s))
+        return grad * gm, -grad * gm * ge, None, None, None, None, grad * gs
+
+    torch.library.register_autograd(
+        "ddpm_fast::p_sample_update", p_sample_backward, setup_context=p_sample_setup
+    )
+
+    def gn_setup(ctx, inputs, output):
+        x, num_groups, weight, bias, scale, shift, eps, act = inputs
+        _, mean, rstd = output
+        ctx.num_groups, ctx.act = num_groups, act
+        ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
+
+    def gn_backward(ctx, grad_y, grad_mean, grad_rstd):
+        x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
+        dx, dw, db, dscale, dshift = torch.ops.ddpm_fast.group_norm_act_backward(
+            grad_y, x, mean, rstd, ctx.num_groups, weight, bias, scale, shift, ctx.act
+        )
+
+        def keep(grad, p):
+            return grad if p is not None else None
+
+        return (dx, None, keep(dw, weight), keep(db, bias), keep(dscale, scale),
+                keep(dshift, shift), None, None)
+
+    torch.library.register_autograd(
+        "ddpm_fast::group_norm_act", gn_backward, setup_context=gn_setup
+    )
+
+    def la_setup(ctx, inputs, output):
+        qkv, heads, scale = inputs
+        ctx.heads, ctx.scale = heads, scale
+        ctx.save_for_backward(qkv)
+
+    def la_backward(ctx, grad_out):
+        (qkv,) = ctx.saved_tensors
+        grad = torch.ops.ddpm_fast.linear_attention_backward(
+            grad_out.contiguous(), qkv, ctx.heads, ctx.scale
+        )
+        return grad, None, None
+
+    torch.library.register_autograd(
+        "ddpm_fast::linear_attention", la_backward, setup_context=la_setup
+    )
+
+
+if compiled_ops_loaded():
+    _register_fakes()
+    _register_autograd()
