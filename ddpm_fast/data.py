@@ -134,7 +134,7 @@ class ImageSet:
 
 def to_model_range(images_uint8, image_size):
     """uint8 (N, H, W) -> float32 (N, 1, image_size, image_size) in [-1, 1] (bilinear resize)."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).float().div_(255.0)[:, None]
+    x = torch.from_numpy(np.array(images_uint8)).float().div_(255.0)[:, None]  # copy: IDX arrays are read-only
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
                           antialias=True).clamp_(0.0, 1.0)

@@ -7,7 +7,6 @@ does not cover runs the pure-PyTorch reference (see :mod:`ddpm_fast.ops`).
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import ops
@@ -39,23 +38,11 @@ class FusedGroupNorm(nn.GroupNorm):
         return f"{super().extra_repr()}, act={self.act!r}"
 
     def forward(self, x, scale_shift=None):
-        if x.dim() != 4:
-            return _activation(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps),
-                               self.act, scale_shift)
         scale = shift = None
         if scale_shift is not None:
             scale, shift = (s.reshape(x.shape[0], x.shape[1]) for s in scale_shift)
         return ops.group_norm_act(x, self.num_groups, self.weight, self.bias, scale, shift,
                                   self.eps, self.act)
-
-
-def _activation(y, act, scale_shift):
-    if scale_shift is not None:
-        scale, shift = scale_shift
-        y = y * (scale + 1) + shift
-    from .reference import apply_activation
-
-    return apply_activation(y, act)
 
 
 class FusedBlock(nn.Module):

@@ -59,22 +59,26 @@ def apply_activation(x, act):
 def group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act):
     """GroupNorm, then optional ``y * (scale + 1) + shift``, then an activation.
 
-    x: (N, C, H, W), any memory format; weight, bias: (C,) or None; scale, shift: (N, C) or None
-    (the time embedding); num_groups divides C; act: 'none' | 'silu' | 'gelu'.
+    x: (N, C, H, W) (or any (N, C, *) shape), any memory format; weight, bias: (C,) or None;
+    scale, shift: (N, C) or None (the time embedding); num_groups divides C;
+    act: 'none' | 'silu' | 'gelu'.
     Statistics are computed in float32 for half-precision inputs. Returns (N, C, H, W).
     """
     y = F.group_norm(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x,
                      num_groups, None, None, eps)
     y = y.to(x.dtype)
     n, c = x.shape[:2]
+    per_channel = (1, c) + (1,) * (x.dim() - 2)
+    per_sample = (n, c) + (1,) * (x.dim() - 2)
+    # The output keeps x's dtype (as nn.GroupNorm's with float32 parameters under autocast).
     if weight is not None:
-        y = y * weight.view(1, c, 1, 1)
+        y = y * weight.to(x.dtype).view(per_channel)
     if bias is not None:
-        y = y + bias.view(1, c, 1, 1)
+        y = y + bias.to(x.dtype).view(per_channel)
     if scale is not None:
-        y = y * (scale.view(n, c, 1, 1) + 1)
+        y = y * (scale.to(x.dtype).view(per_sample) + 1)
     if shift is not None:
-        y = y + shift.view(n, c, 1, 1)
+        y = y + shift.to(x.dtype).view(per_sample)
     return apply_activation(y, act)
 
 

@@ -1,0 +1,94 @@
+"""Data loading (IDX files it writes, broken ones too), a short training run, and the CLI."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_fast import cli
+from ddpm_fast.data import DataError, load_dataset, read_idx
+from ddpm_fast.train import TrainConfig, load_checkpoint, train
+
+
+def write_idx(path, array, compress=False):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_fashion_mnist_idx_files(tmp_path, compress):
+    images = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    name = "train-images-idx3-ubyte" + (".gz" if compress else "")
+    write_idx(tmp_path / name, images, compress)
+    data = load_dataset("fashion_mnist", data_dir=tmp_path)
+    assert data.images.shape == (10, 1, 28, 28) and data.hflip
+    torch.testing.assert_close(data.images, torch.from_numpy(images).float()[:, None] / 127.5 - 1)
+    batch = next(data.batches(4, torch.Generator().manual_seed(0)))
+    assert batch.shape == (4, 1, 28, 28) and batch.min() >= -1 and batch.max() <= 1
+
+
+def test_truncated_and_wrong_idx_files(tmp_path):
+    images = np.zeros((4, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "full", images)
+    raw = (tmp_path / "full").read_bytes()
+    (tmp_path / "short").write_bytes(raw[:-5])
+    with pytest.raises(DataError, match=r"truncated or corrupt"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "bad").write_bytes(b"\x12\x34" + raw[2:])
+    with pytest.raises(DataError, match=r"not an IDX file"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "broken.gz").write_bytes(gzip.compress(raw)[:30])
+    with pytest.raises(DataError, match=r"cannot read IDX data"):
+        read_idx(tmp_path / "broken.gz")
+    with pytest.raises(DataError, match=r"no train-images-idx3-ubyte\[.gz\]"):
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+
+
+def test_digits_are_the_offline_default():
+    data = load_dataset("digits", image_size=16)
+    assert data.images.shape == (1797, 1, 16, 16) and not data.hflip
+    assert -1 <= data.images.min() < -0.9 and 0.9 < data.images.max() <= 1
+    with pytest.raises(ValueError, match=r"dataset='mnist' is not known"):
+        load_dataset("mnist")
+
+
+def test_short_training_run_lowers_the_loss_and_resumes(tmp_path):
+    config = TrainConfig(image_size=8, dim=16, dim_mults=(1, 2), batch_size=64, steps=120,
+                         log_every=10, save_and_sample_every=60, num_samples=4, timesteps=50,
+                         ema_decay=0.9, out_dir=str(tmp_path))
+    _, _, history = train(config, progress=False)
+    losses = [loss for _, loss in history]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
+    assert (tmp_path / "sample-1.png").is_file() and (tmp_path / "sample-final.png").is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["step"] == 120 and checkpoint["ema"] is not None
+    config.steps = 130
+    _, _, resumed = train(config, resume=True, progress=False)
+    assert resumed[: len(history)] == history and resumed[-1][0] == 120
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 130
+
+
+def test_cli_train_sample_animate_noise(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--steps", "3",
+                     "--timesteps", "10", "--batch-size", "16", "--out", str(out)]) == 0
+    ckpt = str(out / "checkpoint.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--num", "4", "--out", str(tmp_path / "s.png"),
+                     "--gif", str(tmp_path / "s.gif")]) == 0
+    assert cli.main(["animate", "--checkpoint", ckpt, "--grid", "--out", str(tmp_path / "g.gif")]) == 0
+    assert cli.main(["noise", "--out", str(tmp_path / "n.png")]) == 0
+    for name in ("s.png", "s.gif", "g.gif", "n.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_cli_help_describes_every_command(capsys):
+    for command in ("train", "sample", "noise", "animate"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert "usage: ddpm-fast " + command in capsys.readouterr().out

@@ -1,0 +1,227 @@
+"""Every compiled op against its reference: forward, backward, opcheck, gradcheck, compile,
+awkward shapes and layouts, and clear errors for bad input."""
+
+import pytest
+import torch
+
+from ddpm_fast import GaussianDiffusion, ops, reference
+
+pytestmark = pytest.mark.skipif(not ops.compiled_ops_loaded(), reason="compiled extension not built")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
+SCHEDULE = GaussianDiffusion(200, fused=False)
+
+
+def tables(device, *names):
+    return [getattr(SCHEDULE, n).to(device) for n in names]
+
+
+def layouts(x):
+    """x as NCHW, channels_last and a non-contiguous view with the same values."""
+    wide = torch.cat([x, x], dim=-1)[..., : x.shape[-1]]
+    return {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "strided": wide}
+
+
+# ---------------------------------------------------------------- q_sample / p_sample_update
+
+Q_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
+P_TABLES = ("sqrt_recip_alphas", "eps_coef", "posterior_std")
+
+
+def q_args(batch, device="cpu", dtype=torch.float32, size=7):
+    x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+    t = torch.randint(0, 200, (batch,), device=device)
+    return [x, t, *tables(device, *Q_TABLES), torch.randn_like(x)]
+
+
+def p_args(batch, device="cpu", dtype=torch.float32, size=7):
+    x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+    t = torch.randint(0, 200, (batch,), device=device)
+    return [x, torch.randn_like(x), t, *tables(device, *P_TABLES), torch.randn_like(x)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [0, 1, 5])
+def test_q_sample_matches_reference(device, batch):
+    args = q_args(batch, device)
+    torch.testing.assert_close(torch.ops.ddpm_fast.q_sample(*args), reference.q_sample(*args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [0, 1, 5])
+def test_p_sample_update_matches_reference(device, batch):
+    args = p_args(batch, device)
+    torch.testing.assert_close(torch.ops.ddpm_fast.p_sample_update(*args), reference.p_sample_update(*args))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_elementwise_ops_in_every_layout(layout):
+    args = q_args(3)
+    args[0], args[4] = layouts(args[0])[layout], layouts(args[4])[layout]
+    torch.testing.assert_close(ops.q_sample(*args), reference.q_sample(*args))
+    pargs = p_args(3)
+    pargs[0] = layouts(pargs[0])[layout]
+    torch.testing.assert_close(ops.p_sample_update(*pargs), reference.p_sample_update(*pargs))
+
+
+def test_elementwise_opcheck_and_gradcheck():
+    for op, args in ((torch.ops.ddpm_fast.q_sample, q_args(3, dtype=torch.float64)),
+                     (torch.ops.ddpm_fast.p_sample_update, p_args(3, dtype=torch.float64))):
+        torch.library.opcheck(op, args)
+        grads = [a.requires_grad_() if a.is_floating_point() and a.dim() == 4 else a for a in args]
+        assert torch.autograd.gradcheck(lambda *a: op(*a), grads)
+
+
+def test_elementwise_bad_input():
+    args = q_args(2)
+    with pytest.raises(RuntimeError, match=r"q_sample: t\[1\]=200 lies outside \[0, 200\)"):
+        torch.ops.ddpm_fast.q_sample(args[0], torch.tensor([0, 200]), *args[2:])
+    with pytest.raises(RuntimeError, match=r"q_sample: t must be int64"):
+        torch.ops.ddpm_fast.q_sample(args[0], torch.tensor([0, 1], dtype=torch.int32), *args[2:])
+    with pytest.raises(RuntimeError, match=r"q_sample: noise must have the shape of x_start"):
+        torch.ops.ddpm_fast.q_sample(*args[:4], torch.randn(2, 3, 8, 8))
+    with pytest.raises(RuntimeError, match=r"p_sample_update: eps must have x's dtype"):
+        pargs = p_args(2)
+        pargs[1] = pargs[1].double()
+        torch.ops.ddpm_fast.p_sample_update(*pargs)
+
+
+# ---------------------------------------------------------------- group_norm_act
+
+GN_CASES = [  # (N, C, H, W, G)
+    (2, 16, 7, 7, 4),
+    (1, 28, 7, 7, 1),
+    (3, 8, 5, 3, 8),
+    (0, 8, 4, 4, 2),
+]
+
+
+def gn_inputs(n, c, h, w, dtype=torch.float32, device="cpu", affine=True, scale_shift=True):
+    x = torch.randn(n, c, h, w, dtype=dtype, device=device) * 3 + 1
+    weight = torch.randn(c, dtype=dtype, device=device) if affine else None
+    bias = torch.randn(c, dtype=dtype, device=device) if affine else None
+    scale = torch.randn(n, c, dtype=dtype, device=device) if scale_shift else None
+    shift = torch.randn(n, c, dtype=dtype, device=device) if scale_shift else None
+    return x, weight, bias, scale, shift
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ["none", "silu", "gelu"])
+@pytest.mark.parametrize("case", GN_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_group_norm_act_forward_and_backward(device, act, case, layout):
+    n, c, h, w, g = case
+    x, weight, bias, scale, shift = gn_inputs(n, c, h, w, device=device)
+    x = layouts(x)[layout]
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias, scale, shift)]
+    ref_leaves = [t.clone().requires_grad_() for t in (x, weight, bias, scale, shift)]
+    y = ops.group_norm_act(leaves[0], g, *leaves[1:], 1e-5, act)
+    y_ref = reference.group_norm_act(ref_leaves[0], g, *ref_leaves[1:], 1e-5, act)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-5)
+    if layout == "channels_last" and n > 0:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad)
+    y_ref.backward(grad)
+    for ours, ref in zip(leaves, ref_leaves):
+        torch.testing.assert_close(ours.grad, ref.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("affine,scale_shift", [(True, True), (False, False), (True, False)])
+def test_group_norm_act_without_optional_inputs(affine, scale_shift):
+    x, weight, bias, scale, shift = gn_inputs(2, 8, 5, 5, affine=affine, scale_shift=scale_shift)
+    torch.testing.assert_close(ops.group_norm_act(x, 2, weight, bias, scale, shift, 1e-5, "silu"),
+                               reference.group_norm_act(x, 2, weight, bias, scale, shift, 1e-5, "silu"))
+
+
+@pytest.mark.parametrize("act", ["none", "silu", "gelu"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_group_norm_act_gradcheck_and_opcheck(act, channels_last):
+    x, weight, bias, scale, shift = gn_inputs(2, 6, 3, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    leaves = [t.requires_grad_() for t in (x, weight, bias, scale, shift)]
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, s, sh: ops.group_norm_act(x, 3, w, b, s, sh, 1e-5, act), leaves)
+    torch.library.opcheck(torch.ops.ddpm_fast.group_norm_act, (x, 3, weight, bias, scale, shift, 1e-5, act))
+    y, mean, rstd = torch.ops.ddpm_fast.group_norm_act(x, 3, weight, bias, scale, shift, 1e-5, act)
+    torch.library.opcheck(torch.ops.ddpm_fast.group_norm_act_backward,
+                          (torch.randn_like(y).detach(), x.detach(), mean.detach(), rstd.detach(), 3, weight.detach(), bias.detach(),
+                           scale.detach(), shift.detach(), act))
+
+
+def test_group_norm_act_statistics_in_float32_are_accurate():
+    # A large offset is where one-pass (sum of squares) statistics lose everything in fp32.
+    x = torch.randn(2, 4, 16, 16, dtype=torch.float64) + 1000
+    y = ops.group_norm_act(x.float(), 2, None, None, None, None, 1e-5, "none")
+    torch.testing.assert_close(y.double(), reference.group_norm_act(x, 2, None, None, None, None, 1e-5, "none"),
+                               atol=1e-3, rtol=0)
+
+
+def test_group_norm_act_bad_input():
+    x = torch.randn(2, 6, 4, 4)
+    with pytest.raises(RuntimeError, match=r"group_norm_act: num_groups=4 must divide the 6 channels"):
+        torch.ops.ddpm_fast.group_norm_act(x, 4, None, None, None, None, 1e-5, "none")
+    with pytest.raises(RuntimeError, match=r"group_norm_act: expected a 4-D NCHW input, got 3-D"):
+        torch.ops.ddpm_fast.group_norm_act(x[0], 2, None, None, None, None, 1e-5, "none")
+    with pytest.raises(RuntimeError, match=r"act must be 'none', 'silu' or 'gelu', got 'relu'"):
+        torch.ops.ddpm_fast.group_norm_act(x, 2, None, None, None, None, 1e-5, "relu")
+    with pytest.raises(ValueError, match=r"act must be one of"):
+        ops.group_norm_act(x, 2, None, None, None, None, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match=r"weight and bias must have shape \(6,\)"):
+        torch.ops.ddpm_fast.group_norm_act(x, 2, torch.ones(5), None, None, None, 1e-5, "none")
+    with pytest.raises(RuntimeError, match=r"scale and shift must match x's dtype"):
+        torch.ops.ddpm_fast.group_norm_act(x, 2, None, None, torch.ones(2, 6, dtype=torch.float64), None, 1e-5, "none")
+    with pytest.raises(RuntimeError, match=r"x must be a floating-point tensor"):
+        torch.ops.ddpm_fast.group_norm_act(x.long(), 2, None, None, None, None, 1e-5, "none")
+
+
+# ---------------------------------------------------------------- linear_attention
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 4, 8, 7, 7), (1, 4, 32, 4, 4), (0, 2, 8, 3, 3), (3, 1, 5, 2, 6)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_linear_attention_forward_and_backward(device, shape, layout):
+    b, heads, d, h, w = shape
+    qkv = layouts(torch.randn(b, 3 * heads * d, h, w, device=device) * 2)[layout]
+    ours, ref = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
+    y = ops.linear_attention(ours, heads, d**-0.5)
+    y_ref = reference.linear_attention(ref, heads, d**-0.5)
+    torch.testing.assert_close(y, y_ref)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad)
+    y_ref.backward(grad)
+    torch.testing.assert_close(ours.grad, ref.grad)
+
+
+def test_linear_attention_gradcheck_and_opcheck():
+    qkv = torch.randn(2, 3 * 2 * 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q: ops.linear_attention(q, 2, 0.5), [qkv])
+    torch.library.opcheck(torch.ops.ddpm_fast.linear_attention, (qkv, 2, 0.5))
+    torch.library.opcheck(torch.ops.ddpm_fast.linear_attention_backward,
+                          (torch.randn(2, 8, 3, 5, dtype=torch.float64), qkv.detach(), 2, 0.5))
+
+
+def test_linear_attention_bad_input():
+    with pytest.raises(RuntimeError, match=r"linear_attention: heads=5 must divide qkv's 24 channels"):
+        torch.ops.ddpm_fast.linear_attention(torch.randn(1, 24, 2, 2), 5, 1.0)
+    with pytest.raises(RuntimeError, match=r"linear_attention: expected qkv of shape"):
+        torch.ops.ddpm_fast.linear_attention(torch.randn(24, 2, 2), 2, 1.0)
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+def test_every_op_compiles_without_graph_breaks():
+    x, weight, bias, scale, shift = gn_inputs(2, 8, 5, 5)
+    qkv = torch.randn(2, 3 * 2 * 4, 5, 5)
+    qa, pa = q_args(2), p_args(2)
+
+    def all_ops(x, weight, bias, scale, shift, qkv):
+        a = ops.group_norm_act(x, 4, weight, bias, scale, shift, 1e-5, "silu")
+        b = ops.linear_attention(qkv, 2, 0.5)
+        return a, b, ops.q_sample(*qa), ops.p_sample_update(*pa)
+
+    compiled = torch.compile(all_ops, fullgraph=True, backend="aot_eager")
+    for got, expected in zip(compiled(x, weight, bias, scale, shift, qkv), all_ops(x, weight, bias, scale, shift, qkv)):
+        torch.testing.assert_close(got, expected)
