@@ -1,0 +1,195 @@
+"""The benchmark workloads: for each group, the reference and fused implementations of one job
+on one device, with sizes that fit the device (full sizes on CUDA, small but real ones on CPU).
+
+Each builder returns a :class:`Workload`; the suite times ``make(impl)()`` and checks once,
+outside the timing, that the fused implementation computes what the reference does.
+"""
+
+import copy
+import dataclasses
+
+import torch
+
+from ddpm_fast import GaussianDiffusion, Unet, ops, reference
+from ddpm_fast.fused import accelerate
+
+SEED_CONFIG = dict(dim=28, channels=1, dim_mults=(1, 2, 4))
+FULL_STEPS = 200
+
+
+@dataclasses.dataclass
+class Workload:
+    """One job: ``make(impl)`` returns a zero-argument callable that runs it once."""
+
+    group: str
+    make: callable  # impl name ('reference', 'fused' or 'compile-<mode>') -> callable
+    check: callable  # () -> None, raises if fused and reference disagree
+    extra: dict  # sizes and figures recorded in extra_info (bytes, images, steps)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    """fn, followed by a device synchronisation so a CUDA timing covers the work."""
+
+    def run():
+        out = fn()
+        synchronize(device)
+        return out
+
+    return run
+
+
+def _models(device):
+    torch.manual_seed(0)
+    model = Unet(**SEED_CONFIG).to(device)
+    fused_model = accelerate(copy.deepcopy(model))
+    return model, fused_model
+
+
+def compiled(model, impl):
+    """torch.compile of the reference model for 'compile-<mode>'."""
+    return torch.compile(model, mode=impl.removeprefix("compile-"))
+
+
+def sampling_loop(device, batch):
+    """The full reverse loop of the seed config; on CPU a shorter schedule (same cost a step)."""
+    steps = FULL_STEPS if device.type == "cuda" else (4 if batch > 1 else 20)
+    model, fused_model = _models(device)
+    model.eval()
+    fused_model.eval()
+    shape = (batch, 1, 28, 28)
+
+    def make(impl):
+        if impl == "fused":
+            diffusion, net = GaussianDiffusion(steps, fused=None).to(device), fused_model
+        else:
+            diffusion = GaussianDiffusion(steps, fused=False).to(device)
+            net = model if impl == "reference" else compiled(copy.deepcopy(model), impl)
+        return timed(lambda: diffusion.p_sample_loop(net, shape, return_all_timesteps=False,
+                                                     progress=False), device)
+
+    def check():
+        outs = []
+        for impl in ("reference", "fused"):
+            torch.manual_seed(1)
+            outs.append(make(impl)())
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-3, rtol=1e-3)
+
+    return Workload(f"sampling-loop-b{batch}", make, check,
+                    dict(batch=batch, steps=steps, full_steps=FULL_STEPS, images=batch))
+
+
+def train_step(device, batch=128):
+    """Forward + backward + Adam on the seed config with the seed's huber loss."""
+    model, fused_model = _models(device)
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    t = torch.randint(0, FULL_STEPS, (batch,), device=device)
+    noise = torch.randn_like(x)
+
+    def make(impl):
+        if impl == "fused":
+            net, diffusion = copy.deepcopy(fused_model), GaussianDiffusion(fused=None).to(device)
+        else:
+            net, diffusion = copy.deepcopy(model), GaussianDiffusion(fused=False).to(device)
+            if impl != "reference":
+                net = compiled(net, impl)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss = diffusion.p_losses(net, x, t, noise=noise, loss_type="huber")
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        return timed(step, device)
+
+    def check():
+        losses = [make(impl)() for impl in ("reference", "fused")]
+        torch.testing.assert_close(losses[1], losses[0], atol=1e-4, rtol=1e-4)
+
+    return Workload(f"train-step-b{batch}", make, check, dict(batch=batch))
+
+
+def _op_workload(group, ref_fn, fused_fn, args, bytes_moved, backward=False, extra=None):
+    """A workload around one op: ``ref_fn(*args)`` vs ``fused_fn(*args)``; with ``backward``,
+    forward plus backward of ``(out * grad).sum()`` through every floating input."""
+
+    def run(fn):
+        if not backward:
+            return fn(*args)
+        leaves = [a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
+                  for a in args]
+        out = fn(*leaves)
+        out.backward(torch.ones_like(out))
+        return out, [a.grad for a in leaves if torch.is_tensor(a) and a.requires_grad]
+
+    def make(impl):
+        fn = {"reference": ref_fn, "fused": fused_fn}.get(impl) or torch.compile(ref_fn, mode=impl.removeprefix("compile-"))
+        device = args[0].device
+        return timed(lambda: run(fn), device)
+
+    def check():
+        torch.testing.assert_close(run(fused_fn), run(ref_fn), atol=1e-4, rtol=1e-4)
+
+    return Workload(group, make, check, dict(bytes=bytes_moved, **(extra or {})))
+
+
+def op_q_sample(device):
+    n = 1 << 24 if device.type == "cuda" else 1 << 21
+    x = torch.randn(n // 784, 1, 28, 28, device=device)
+    d = GaussianDiffusion().to(device)
+    t = torch.randint(0, FULL_STEPS, (x.shape[0],), device=device)
+    args = (x, t, d.sqrt_alphas_cumprod, d.sqrt_one_minus_alphas_cumprod, torch.randn_like(x))
+    return _op_workload("op-q_sample", reference.q_sample, ops.q_sample, args, 3 * x.numel() * 4,
+                        extra=dict(elements=x.numel()))
+
+
+def op_p_sample(device):
+    n = 1 << 24 if device.type == "cuda" else 1 << 21
+    x = torch.randn(n // 784, 1, 28, 28, device=device)
+    d = GaussianDiffusion().to(device)
+    t = torch.randint(0, FULL_STEPS, (x.shape[0],), device=device)
+    args = (x, torch.randn_like(x), t, d.sqrt_recip_alphas, d.eps_coef, d.posterior_std, torch.randn_like(x))
+    return _op_workload("op-p_sample", reference.p_sample_update, ops.p_sample_update, args,
+                        4 * x.numel() * 4, extra=dict(elements=x.numel()))
+
+
+def op_group_norm_act(device, backward):
+    # Block's norm in a ResNet U-Net at 28x28: 8 groups, SiLU, time-embedding scale/shift.
+    n = 64 if device.type == "cuda" else 32
+    x = torch.randn(n, 64, 28, 28, device=device)
+    c = x.shape[1]
+    args = (x, 8, torch.rand(c, device=device) + 0.5, torch.randn(c, device=device),
+            torch.randn(n, c, device=device), torch.randn(n, c, device=device), 1e-5, "silu")
+    group = "op-group_norm_act-" + ("fwdbwd" if backward else "fwd")
+    moved = x.numel() * 4 * (5 if backward else 2)
+    return _op_workload(group, reference.group_norm_act, ops.group_norm_act, args, moved, backward,
+                        extra=dict(shape=list(x.shape)))
+
+
+def op_linear_attention(device, backward):
+    # The seed U-Net's first LinearAttention: 4 heads of 32 over 28x28 positions.
+    n = 64 if device.type == "cuda" else 16
+    qkv = torch.randn(n, 3 * 128, 28, 28, device=device)
+    group = "op-linear_attention-" + ("fwdbwd" if backward else "fwd")
+    moved = qkv.numel() * 4 * (3 if backward else 1) + n * 128 * 784 * 4
+    return _op_workload(group, reference.linear_attention, ops.linear_attention,
+                        (qkv, 4, 32**-0.5), moved, backward, extra=dict(shape=list(qkv.shape)))
+
+
+BUILDERS = {
+    "sampling-loop-b64": lambda d: sampling_loop(d, 64),
+    "sampling-loop-b1": lambda d: sampling_loop(d, 1),
+    "train-step-b128": lambda d: train_step(d, 128),
+    "op-q_sample": op_q_sample,
+    "op-p_sample": op_p_sample,
+    "op-group_norm_act-fwd": lambda d: op_group_norm_act(d, False),
+    "op-group_norm_act-fwdbwd": lambda d: op_group_norm_act(d, True),
+    "op-linear_attention-fwd": lambda d: op_linear_attention(d, False),
+    "op-linear_attention-fwdbwd": lambda d: op_linear_attention(d, True),
+}
