@@ -6,9 +6,14 @@ torch are both present (see cuda_build.py); without them the CPU-only build proc
 
 import glob
 import os
+import re
+import shutil
+import subprocess
+import warnings
 
+import torch
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -24,9 +29,50 @@ sources = relative("csrc/ops.cpp") + relative("csrc/cpu/*.cpp")
 extension = CppExtension("ddpm_fast._C", sources, extra_compile_args={"cxx": CXX_FLAGS})
 
 
+def find_nvcc():
+    nvcc = shutil.which("nvcc")
+    if nvcc is None and CUDA_HOME:
+        candidate = os.path.join(CUDA_HOME, "bin", "nvcc")
+        nvcc = candidate if os.path.exists(candidate) else None
+    return nvcc
+
+
+def nvcc_cuda_version(nvcc):
+    """'13.0' from `nvcc --version`, or None."""
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
 def cuda_extension():
-    """The CUDA build of ddpm_fast._C (CPU + CUDA kernels), or None for a CPU-only build."""
-    return None
+    """The CUDA build of ddpm_fast._C (CPU + CUDA kernels), or None for a CPU-only build.
+
+    Needs a CUDA build of torch and nvcc of the same CUDA major version. The architectures are
+    TORCH_CUDA_ARCH_LIST when set, else the visible GPUs' (torch's default), else sm_80 + sm_90.
+    """
+    if torch.version.cuda is None:
+        return None  # CPU-only torch: nothing to link the CUDA kernels against
+    nvcc = find_nvcc()
+    if nvcc is None:
+        warnings.warn("ddpm_fast: torch has CUDA but nvcc was not found; building the CPU kernels only")
+        return None
+    nvcc_version = nvcc_cuda_version(nvcc)
+    if nvcc_version is None or nvcc_version.split(".")[0] != torch.version.cuda.split(".")[0]:
+        warnings.warn(
+            f"ddpm_fast: nvcc at {nvcc} is CUDA {nvcc_version} but torch was built with CUDA "
+            f"{torch.version.cuda}; the major versions must match. Building the CPU kernels only: "
+            "install the CUDA toolkit that matches torch (or the torch that matches nvcc) and "
+            "reinstall to get the CUDA kernels."
+        )
+        return None
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    cuda_sources = relative("csrc/cuda/*.cu") + relative("csrc/cuda/*.cpp")
+    return CUDAExtension(
+        "ddpm_fast._C",
+        sources + cuda_sources,
+        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++20"]},
+    )
 
 
 

@@ -1,5 +1,5 @@
-// Input checks shared by the CPU and CUDA bindings: each names the op, the parameter and what
-// was expected, so a bad call fails with a message a user can act on.
+// Input checks and layout helpers shared by the CPU and CUDA bindings: each check names the op,
+// the parameter and what was expected, so a bad call fails with a message a user can act on.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -15,6 +15,17 @@ inline void check_same_layout(const char* op, const at::Tensor& ref, const at::T
               "'s dtype ", ref.scalar_type(), ", got ", other.scalar_type());
   TORCH_CHECK(other.device() == ref.device(), op, ": ", name, " must be on ", ref_name,
               "'s device ", ref.device(), ", got ", other.device());
+}
+
+// Samples are the outermost dimension in both NCHW and channels_last, so when `other` shares
+// x's dense layout, sample b of both owns the flat range [b * per_sample, (b + 1) * per_sample).
+inline bool shares_dense_layout(const at::Tensor& x, const at::Tensor& other) {
+  return other.strides() == x.strides() && x.is_non_overlapping_and_dense();
+}
+
+// True when x is channels_last and not also plainly contiguous (C = 1 or H = W = 1 are both).
+inline bool is_channels_last_only(const at::Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 inline void check_timesteps(const char* op, const at::Tensor& x, const at::Tensor& t,

@@ -135,25 +135,64 @@ class GaussianDiffusion(nn.Module):
         return self._p_sample_step(model, x, t.long(), noise)
 
     @torch.no_grad()
-    def p_sample_loop(self, model, shape, return_all_timesteps=True, progress=True):
+    def p_sample_loop(self, model, shape, return_all_timesteps=True, progress=True,
+                      cuda_graph=False):
         """Run all T reverse steps from pure noise.
 
         Returns a CPU tensor (T, B, C, H, W) of every step's images, ``[-1]`` being the final
         samples, so ``samples[step][i]`` indexes like the seed's list; or only (B, C, H, W) with
-        ``return_all_timesteps=False``. Images stay on the device until the loop ends.
+        ``return_all_timesteps=False``. Images stay on the device until the loop ends: no step
+        synchronises with the host.
+
+        ``cuda_graph=True`` (CUDA models only) captures one reverse step as a CUDA graph and
+        replays it T times with the timestep in a static device buffer, removing the per-step
+        launch overhead. Its noise comes from torch's CUDA generator inside the graph, so it
+        follows ``torch.manual_seed`` (the draws differ from the eager loop's, the distribution
+        does not).
         """
         device = next(model.parameters()).device
+        if cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a model on a CUDA device, got {device}")
         b = shape[0]
         img = torch.randn(shape, device=device)
         steps = torch.empty((self.timesteps, *shape), device=device) if return_all_timesteps else None
         t = torch.empty(b, dtype=torch.long, device=device)
+        step = self._graphed_step(model, img, t) if cuda_graph else None
         for i in tqdm(reversed(range(self.timesteps)), desc="sampling loop time step",
                       total=self.timesteps, disable=not progress):
             t.fill_(i)
-            img = self._p_sample_step(model, img, t, torch.randn_like(img))
+            if step is None:
+                img = self._p_sample_step(model, img, t, torch.randn_like(img))
+            else:
+                img.copy_(step())
             if steps is not None:
                 steps[self.timesteps - 1 - i].copy_(img)
         return (steps if steps is not None else img).cpu()
+
+    def _graphed_step(self, model, img, t):
+        """A function replaying one captured reverse step that reads ``img`` and ``t`` in place
+        and returns the graph's output tensor (valid until the next replay)."""
+        def body():
+            return self._p_sample_step(model, img, t, torch.randn_like(img))
+
+        t.fill_(self.timesteps - 1)
+        saved = img.clone()
+        side = torch.cuda.Stream(device=img.device)
+        side.wait_stream(torch.cuda.current_stream(img.device))
+        with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream(img.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = body()
+        img.copy_(saved)
+
+        def replay():
+            graph.replay()
+            return out
+
+        return replay
 
     @torch.no_grad()
     def sample(self, model, image_size, batch_size=16, channels=3, **kwargs):

@@ -105,6 +105,11 @@ def group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act):
     """
     if act not in reference.ACTIVATIONS:
         raise ValueError(f"act must be one of {reference.ACTIVATIONS}, got {act!r}")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # Under autocast the parameters stay float32 while activations are 16-bit; the kernel
+        # takes one dtype, and its statistics are accumulated in float32 either way.
+        weight, bias, scale, shift = (p.to(x.dtype) if p is not None else None
+                                      for p in (weight, bias, scale, shift))
     if _covered(x, weight, bias, scale, shift) and x.dim() == 4:
         return torch.ops.ddpm_fast.group_norm_act(
             x, num_groups, weight, bias, scale, shift, eps, act
@@ -115,12 +120,19 @@ def group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act):
 # ---------------------------------------------------------------- linear_attention
 
 
+def _head_dim_covered(qkv, heads):
+    # The CUDA kernels hold a head in registers: dim_head <= 64 (<= 32 in float64).
+    if qkv.device.type != "cuda":
+        return True
+    return qkv.shape[1] // (3 * heads) <= (32 if qkv.dtype == torch.float64 else 64)
+
+
 def linear_attention(qkv, heads, scale):
     """Fused linear-attention core; see :func:`reference.linear_attention`.
 
     qkv: (B, 3 * heads * dim_head, H, W) -> (B, heads * dim_head, H, W).
     """
-    if _covered(qkv) and qkv.dim() == 4:
+    if _covered(qkv) and qkv.dim() == 4 and _head_dim_covered(qkv, heads):
         return torch.ops.ddpm_fast.linear_attention(qkv, heads, scale)
     return reference.linear_attention(qkv, heads, scale)
 

@@ -37,20 +37,27 @@ def _to_pil(array, scale):
     return image
 
 
-def save_grid(images, path, nrow=8, scale=4):
-    """Save images (N, C, H, W) in [-1, 1] as a PNG grid, upscaled ``scale`` times (nearest)."""
+def _auto_scale(height, target):
+    # Small images (8x8 digits) are enlarged so that a tile is about `target` pixels high.
+    return max(1, target // height)
+
+
+def save_grid(images, path, nrow=8, scale=None):
+    """Save images (N, C, H, W) in [-1, 1] as a PNG grid, upscaled ``scale`` times (nearest;
+    default: tiles about 64 pixels high)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(make_grid(images, nrow), scale).save(path)
+    _to_pil(make_grid(images, nrow), scale or _auto_scale(images.shape[-2], 64)).save(path)
     return path
 
 
-def save_denoising_gif(steps, path, index=0, scale=8, frame_ms=40, hold_ms=1500, every=2):
+def save_denoising_gif(steps, path, index=0, scale=None, frame_ms=40, hold_ms=1500, every=2):
     """Save a GIF of one sample being denoised.
 
     steps: (T, B, C, H, W), every reverse step's images as returned by
     :meth:`GaussianDiffusion.sample`; ``index`` picks the sample; ``index='grid'`` animates a
     grid of all of them. Every ``every``-th step becomes a frame, and the last is held.
+    ``scale`` enlarges (nearest); default: a single sample about 192 pixels high.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +66,7 @@ def save_denoising_gif(steps, path, index=0, scale=8, frame_ms=40, hold_ms=1500,
     picks = list(range(0, steps.shape[0], every))
     if picks[-1] != steps.shape[0] - 1:
         picks.append(steps.shape[0] - 1)
+    scale = scale or _auto_scale(steps.shape[-2], 192 if index != "grid" else 64)
     frames = []
     for s in picks:
         array = make_grid(steps[s], nrow=8) if index == "grid" else to_uint8(steps[s, index])

@@ -9,12 +9,6 @@
 namespace ddpm_fast {
 namespace {
 
-// Samples are the outermost dimension in both NCHW and channels_last, so when every input shares
-// x's dense layout, sample b owns the flat range [b * per_sample, (b + 1) * per_sample).
-bool shares_dense_layout(const at::Tensor& x, const at::Tensor& other) {
-  return other.strides() == x.strides() && x.is_non_overlapping_and_dense();
-}
-
 at::Tensor gather_table(const at::Tensor& table, const at::Tensor& t, at::ScalarType dtype) {
   return table.index_select(0, t).to(dtype);
 }

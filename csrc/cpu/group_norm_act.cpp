@@ -144,17 +144,13 @@ void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
   });
 }
 
-bool use_channels_last(const at::Tensor& x) {
-  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_cpu(
     const at::Tensor& x_in, int64_t num_groups, const c10::optional<at::Tensor>& weight_in,
     const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& scale_in,
     const c10::optional<at::Tensor>& shift_in, double eps, c10::string_view act_name) {
   check_group_norm_args(x_in, num_groups, weight_in, bias_in, scale_in, shift_in);
   const Act act = parse_act(std::string(act_name));
-  const bool nhwc = use_channels_last(x_in);
+  const bool nhwc = is_channels_last_only(x_in);
   const at::Tensor x = nhwc ? x_in : x_in.contiguous();
   const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
@@ -335,7 +331,7 @@ group_norm_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
   check_group_norm_args(x_in, num_groups, weight_in, bias_in, scale_in, shift_in);
   check_same_layout("group_norm_act_backward", x_in, grad_y, "x", "grad_y");
   const Act act = parse_act(std::string(act_name));
-  const bool nhwc = use_channels_last(x_in);
+  const bool nhwc = is_channels_last_only(x_in);
   const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(format), dy = grad_y.contiguous(format);
   const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();

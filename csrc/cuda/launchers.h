@@ -1,0 +1,92 @@
+// The interface between the torch binding (bindings.cpp, compiled by the C++ compiler) and the
+// CUDA kernels (*.cu, compiled by nvcc). It holds plain structs and function declarations only,
+// so the .cu files include no torch header and compile with nvcc alone (see DESIGN.md: torch's
+// ATen/cuda headers do not compile against a CPU-only torch). Every launcher enqueues its
+// kernels on `stream` and returns nullptr on success, or the CUDA error string of the launch.
+#pragma once
+#include <cstdint>
+
+namespace ddpm_fast {
+namespace cuda {
+
+// Element types the kernels are instantiated for; arithmetic is in fp32 for the two 16-bit
+// types (fp64 for fp64).
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// The two per-sample updates of DDPM, for element i of sample b and s = t[b]:
+//   q_sample:        out[i] = A[s] * x[i] + B[s] * y[i]               (x_start, noise)
+//   p_sample_update: out[i] = A[s] * (x[i] - B[s] * y[i]) + C[s] * z[i] (x, eps, noise)
+struct PerSampleUpdateParams {
+  const void* x;        // (B, per_sample) in `dtype`, dense and batch-major (NCHW or NHWC)
+  const void* y;        // same layout as x
+  const void* z;        // same layout as x (p_sample_update only)
+  void* out;            // same layout as x
+  const int64_t* t;     // (B,) timesteps; an out-of-range t yields NaN rows (no host sync)
+  const float* A;       // (T,) coefficient tables, fp32 on the device
+  const float* B;       // (T,)
+  const float* C;       // (T,) (p_sample_update only)
+  int64_t batch;        // B
+  int64_t per_sample;   // elements of one sample
+  int64_t timesteps;    // T
+  DType dtype;
+};
+
+const char* launch_q_sample(const PerSampleUpdateParams& p, void* stream);
+const char* launch_p_sample_update(const PerSampleUpdateParams& p, void* stream);
+
+// GroupNorm + scale/shift + activation. Shapes (N, C, H, W); channels_last when nhwc.
+struct GroupNormActParams {
+  const void* x;        // input, (N, C, HW) or (N, HW, C) when nhwc
+  void* y;              // output, same layout as x (forward)
+  const void* weight;   // (C,) or nullptr (= 1)
+  const void* bias;     // (C,) or nullptr (= 0)
+  const void* scale;    // (N, C) or nullptr (= 0: multiply by 1)
+  const void* shift;    // (N, C) or nullptr (= 0)
+  void* mean;           // (N, G) statistics, fp32 (fp64 for fp64 input); written by forward
+  void* rstd;           // (N, G)
+  void* partials;       // workspace of the split reduction: 2 * N * G * splits accumulators
+  int64_t N, C, HW, G;
+  int64_t splits;       // group_norm_splits(N * G, C / G * HW): blocks per (n, g) (forward)
+  double eps;
+  int act;              // 0 none, 1 silu, 2 gelu (matches Act in checks.h)
+  bool nhwc;
+  DType dtype;
+  // backward only
+  const void* grad_y;   // (N, C, HW) / (N, HW, C), same layout as x
+  void* grad_x;         // same layout as x
+  void* sum_du;         // (N, C) accumulators, zeroed by the launcher
+  void* sum_du_xhat;    // (N, C) accumulators, zeroed by the launcher
+  void* group_m;        // (N, G, 2) workspace: the two group means of the dx formula
+};
+
+// Slices per row for a split reduction of `rows` rows of `elements` each: about 4 blocks per SM
+// in all, each with at least a block's worth of elements, so batch-1 sampling (N * G = 1)
+// still fills the GPU. The forward's partials workspace holds 2 * rows * splits accumulators.
+int64_t group_norm_splits(int64_t rows, int64_t elements);
+
+const char* launch_group_norm_act_forward(const GroupNormActParams& p, void* stream);
+const char* launch_group_norm_act_backward(const GroupNormActParams& p, void* stream);
+
+// Linear attention core on NCHW qkv (B, 3 * heads * d, n) with n = H * W.
+struct LinearAttentionParams {
+  const void* qkv;      // (B, 3, heads, d, n) contiguous
+  void* out;            // (B, heads, d, n) forward output
+  const void* grad_out; // (B, heads, d, n) backward input
+  void* grad_qkv;       // (B, 3, heads, d, n) backward output
+  void* k_stats;        // workspace (B * heads * d, 2) fp32 (fp64): max and sum of exp of k rows
+  void* ctx;            // workspace (B * heads, d, d) accumulators: k @ v^T (unscaled)
+  void* dctx;           // workspace (B * heads, d, d) accumulators: Sq @ grad_out^T (backward)
+  int64_t B, heads, d, n;
+  double scale;
+  DType dtype;
+};
+
+// Largest dim_head the kernels hold in registers and shared memory: 64, or 32 in fp64. Larger
+// heads run the reference (ddpm_fast/ops.py routes them there).
+inline int64_t max_head_dim(DType dtype) { return dtype == DType::kFloat64 ? 32 : 64; }
+
+const char* launch_linear_attention_forward(const LinearAttentionParams& p, void* stream);
+const char* launch_linear_attention_backward(const LinearAttentionParams& p, void* stream);
+
+}  // namespace cuda
+}  // namespace ddpm_fast

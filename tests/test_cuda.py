@@ -1,0 +1,173 @@
+"""The CUDA backend: parity with the reference in every dtype, opcheck, compile, the CUDA-graph
+sampler and autocast. Skipped without a GPU (they run on the GPU machine)."""
+
+import copy
+
+import pytest
+import torch
+
+from ddpm_fast import GaussianDiffusion, Unet, ops, reference
+from ddpm_fast.fused import accelerate
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or "cuda" not in ops.compiled_backends(),
+    reason="needs a GPU and the CUDA build of the extension",
+)
+HALF = [torch.float16, torch.bfloat16]
+
+
+def error_vs_oracle(fn, args, dtype):
+    """max |fn(args in dtype) - fn(args in float64)|, the float64 run being the oracle."""
+    cast = [a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    oracle = [a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    return (fn(*cast).double() - reference_fn(fn)(*oracle).double()).abs().max().item()
+
+
+def reference_fn(fn):
+    return {ops.group_norm_act: reference.group_norm_act, ops.linear_attention: reference.linear_attention,
+            ops.q_sample: reference.q_sample, ops.p_sample_update: reference.p_sample_update}.get(fn, fn)
+
+
+def assert_half_precision_rule(fused, ref, args):
+    """flash-attention's rule: in fp16/bf16 the fused op's error against the fp64 oracle is at
+    most twice the reference's own error in that dtype (plus a hair for exact zeros)."""
+    for dtype in HALF:
+        ours, theirs = error_vs_oracle(fused, args, dtype), error_vs_oracle(ref, args, dtype)
+        assert ours <= 2 * theirs + 1e-5, (dtype, ours, theirs)
+
+
+def gn_args(n=4, c=64, h=28, w=28, g=8, channels_last=False):
+    x = torch.randn(n, c, h, w, device="cuda") * 2 + 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return (x, g, torch.rand(c, device="cuda") + 0.5, torch.randn(c, device="cuda"),
+            torch.randn(n, c, device="cuda"), torch.randn(n, c, device="cuda"), 1e-5)
+
+
+@pytest.mark.parametrize("act", ["none", "silu", "gelu"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(4, 64, 28, 28, 8), (1, 28, 7, 7, 1), (2, 6, 5, 3, 3), (0, 8, 4, 4, 2)])
+def test_group_norm_act_fp32_and_grads(act, channels_last, shape):
+    n, c, h, w, g = shape
+    args = gn_args(n, c, h, w, g, channels_last)
+    leaves = [a.clone().requires_grad_() if torch.is_tensor(a) else a for a in args]
+    ref_leaves = [a.clone().requires_grad_() if torch.is_tensor(a) else a for a in args]
+    y = ops.group_norm_act(*leaves, act)
+    y_ref = reference.group_norm_act(*ref_leaves, act)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad)
+    y_ref.backward(grad)
+    for ours, ref in zip(leaves, ref_leaves):
+        if torch.is_tensor(ours):
+            torch.testing.assert_close(ours.grad, ref.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_group_norm_act_half_precision(act):
+    assert_half_precision_rule(lambda *a: ops.group_norm_act(*a, act),
+                               lambda *a: reference.group_norm_act(*a, act), gn_args())
+
+
+def test_group_norm_act_batch1_uses_a_split_reduction():
+    # N * G = 1 with a large group: the statistics must still be right across many blocks.
+    args = gn_args(1, 256, 64, 64, 1)
+    torch.testing.assert_close(ops.group_norm_act(*args, "silu"), reference.group_norm_act(*args, "silu"),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 32, 28, 28), (1, 4, 32, 7, 7), (2, 2, 64, 5, 3), (3, 1, 8, 4, 4)])
+def test_linear_attention_fp32_and_grads(shape):
+    b, heads, d, h, w = shape
+    qkv = torch.randn(b, 3 * heads * d, h, w, device="cuda")
+    ours, ref = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
+    y, y_ref = ops.linear_attention(ours, heads, d**-0.5), reference.linear_attention(ref, heads, d**-0.5)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-4)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_ref.backward(grad)
+    torch.testing.assert_close(ours.grad, ref.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_linear_attention_half_precision():
+    qkv = torch.randn(4, 3 * 128, 28, 28, device="cuda")
+    assert_half_precision_rule(lambda q: ops.linear_attention(q, 4, 32**-0.5),
+                               lambda q: reference.linear_attention(q, 4, 32**-0.5), (qkv,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64] + HALF)
+def test_elementwise_ops_every_dtype(dtype):
+    d = GaussianDiffusion().cuda()
+    x = torch.randn(8, 1, 28, 28, device="cuda", dtype=dtype)
+    t = torch.randint(0, 200, (8,), device="cuda")
+    noise, eps = torch.randn_like(x), torch.randn_like(x)
+    q = (x, t, d.sqrt_alphas_cumprod, d.sqrt_one_minus_alphas_cumprod, noise)
+    p = (x, eps, t, d.sqrt_recip_alphas, d.eps_coef, d.posterior_std, noise)
+    tol = dict(atol=1e-2, rtol=1e-2) if dtype in HALF else {}
+    torch.testing.assert_close(torch.ops.ddpm_fast.q_sample(*q), reference.q_sample(*q), **tol)
+    torch.testing.assert_close(torch.ops.ddpm_fast.p_sample_update(*p), reference.p_sample_update(*p), **tol)
+
+
+def test_opcheck_every_op_on_cuda():
+    d = GaussianDiffusion().cuda()
+    x = torch.randn(2, 8, 5, 5, device="cuda", dtype=torch.float64)
+    t = torch.tensor([0, 199], device="cuda")
+    torch.library.opcheck(torch.ops.ddpm_fast.q_sample,
+                          (x, t, d.sqrt_alphas_cumprod, d.sqrt_one_minus_alphas_cumprod, torch.randn_like(x)))
+    torch.library.opcheck(torch.ops.ddpm_fast.p_sample_update,
+                          (x, torch.randn_like(x), t, d.sqrt_recip_alphas, d.eps_coef, d.posterior_std,
+                           torch.randn_like(x)))
+    w = torch.rand(8, device="cuda", dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.ddpm_fast.group_norm_act,
+                          (x.requires_grad_(), 4, w, None, None, None, 1e-5, "silu"))
+    qkv = torch.randn(2, 3 * 2 * 8, 5, 5, device="cuda", dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.ddpm_fast.linear_attention, (qkv, 2, 0.5))
+
+
+def test_accelerated_unet_matches_reference_and_compiles_reduce_overhead():
+    torch.manual_seed(0)
+    model = Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).cuda().eval()
+    fused = accelerate(copy.deepcopy(model))
+    x, t = torch.randn(8, 1, 28, 28, device="cuda"), torch.randint(0, 200, (8,), device="cuda")
+    with torch.no_grad():
+        expected = model(x, t)
+        torch.testing.assert_close(fused(x, t), expected, atol=1e-4, rtol=1e-4)
+        compiled = torch.compile(fused, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):
+            got = compiled(x, t)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_graph_sampler_matches_eager_sampler():
+    torch.manual_seed(0)
+    model = accelerate(Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).cuda().eval())
+    diffusion = GaussianDiffusion(200).cuda()
+    runs = {}
+    for graph in (False, True):
+        torch.manual_seed(1)
+        runs[graph] = diffusion.sample(model, 28, batch_size=256, channels=1, progress=False,
+                                       cuda_graph=graph, return_all_timesteps=False)
+    eager, graphed = runs[False], runs[True]
+    assert torch.isfinite(graphed).all()
+    assert abs(graphed.mean() - eager.mean()) < 0.05 and abs(graphed.std() - eager.std()) < 0.05
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_autocast_sampling_keeps_the_distribution(dtype):
+    torch.manual_seed(0)
+    model = accelerate(Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).cuda().eval())
+    diffusion = GaussianDiffusion(200).cuda()
+    torch.manual_seed(1)
+    eager = diffusion.sample(model, 28, batch_size=128, channels=1, progress=False, return_all_timesteps=False)
+    torch.manual_seed(1)
+    with torch.autocast("cuda", dtype=dtype):
+        mixed = diffusion.sample(model, 28, batch_size=128, channels=1, progress=False, return_all_timesteps=False)
+    assert abs(mixed.mean() - eager.mean()) < 0.05 and abs(mixed.std() - eager.std()) < 0.05
+    # Per step, with explicit noise, the update stays close to fp32.
+    x = torch.randn(4, 1, 28, 28, device="cuda")
+    t = torch.full((4,), 150, device="cuda")
+    noise = torch.randn_like(x)
+    full = diffusion.p_sample(model, x, t, 150, noise=noise)
+    with torch.autocast("cuda", dtype=dtype):
+        half = diffusion.p_sample(model, x, t, 150, noise=noise)
+    assert (half.float() - full).abs().max() < 0.1
