@@ -3,8 +3,10 @@
 // Per batch b and head h, with q, k, v the (d, n) slices of qkv (d = dim_head, n = H * W):
 //   Sq = softmax over d of q (per position), K = softmax over n of k (per channel),
 //   ctx = scale * K @ v^T (d x d), out = ctx^T @ Sq (d x n).
-// A fused pass computes both softmaxes (the reference's strided softmax over d and its
-// rearrange copies are the slow part); the two small contractions go to batched GEMM.
+// Parallelisation: one task per (b, h). Each task keeps its softmaxed q and k in thread-local
+// buffers (2 * d * n floats, L2-resident for the seed's d = 32, n = 784) and runs both small
+// contractions there as single-threaded GEMMs, so nothing but the output is written to
+// memory: batch-sized temporaries cost more in page faults than the arithmetic.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -50,45 +52,62 @@ DDPM_FAST_SIMD_CLONES void softmax_pair(const T* q, const T* k, T* sq, T* kk, in
   }
 }
 
-struct Views {
-  at::Tensor sq, kk, v;  // (B*heads, d, n) each, contiguous
-};
-
-// Splits qkv (B, 3*heads*d, H, W) and computes both softmaxes: one parallel pass over (b, h).
-Views softmaxes(const at::Tensor& qkv, int64_t heads) {
-  const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads), n = qkv.size(2) * qkv.size(3);
-  const at::Tensor parts = qkv.reshape({B, 3, heads, d, n});
-  Views out;
-  out.sq = at::empty({B * heads, d, n}, qkv.options());
-  out.kk = at::empty({B * heads, d, n}, qkv.options());
-  out.v = parts.select(1, 2).reshape({B * heads, d, n});
-  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention_softmax", [&] {
-    using T = scalar_t;
-    const T* base = qkv.data_ptr<T>();
-    T* sq = out.sq.data_ptr<T>();
-    T* kk = out.kk.data_ptr<T>();
-    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> col(n);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t b = i / heads, h = i % heads;
-        const T* q = base + ((b * 3 + 0) * heads + h) * d * n;
-        const T* k = base + ((b * 3 + 1) * heads + h) * d * n;
-        softmax_pair<T>(q, k, sq + i * d * n, kk + i * d * n, d, n, col.data());
-      }
-    });
-  });
-  return out;
+// Small per-task GEMMs through ATen (oneDNN/MKL blocks them far better than plain loops; inside
+// a parallel_for they run on the calling thread). `a`, `b`, `out` are raw row-major buffers.
+template <typename T>
+at::Tensor as_matrix(const T* data, int64_t rows, int64_t cols) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
+
+// ctx (d, d) = scale * a (d, n) @ b (d, n)^T
+template <typename T>
+void scaled_outer(const T* a, const T* b, T* ctx, int64_t d, int64_t n, T scale) {
+  at::Tensor out = as_matrix(ctx, d, d);
+  at::mm_out(out, as_matrix(a, d, n), as_matrix(b, d, n).t());
+  out.mul_(scale);
+}
+
+// out (d, n) = m^T @ a (transposed) or m @ a, with m (d, d), a (d, n)
+template <typename T>
+void combine_rows(const T* m, const T* a, T* out, int64_t d, int64_t n, bool transposed) {
+  at::Tensor mm = as_matrix(m, d, d);
+  at::Tensor o = as_matrix(out, d, n);
+  at::mm_out(o, transposed ? mm.t() : mm, as_matrix(a, d, n));
+}
+
+// Pointers to the q, k, v slices of (b, h) in a (B, 3, heads, d, n) buffer.
+template <typename T>
+struct HeadSlices {
+  T *q, *k, *v;
+  HeadSlices(T* base, int64_t i, int64_t heads, int64_t d, int64_t n) {
+    const int64_t b = i / heads, h = i % heads;
+    q = base + ((b * 3 + 0) * heads + h) * d * n;
+    k = base + ((b * 3 + 1) * heads + h) * d * n;
+    v = base + ((b * 3 + 2) * heads + h) * d * n;
+  }
+};
 
 at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
   const at::Tensor qkv = qkv_in.contiguous();
-  const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads);
-  if (qkv.numel() == 0) return at::zeros({B, heads * d, qkv.size(2), qkv.size(3)}, qkv.options());
-  const Views s = softmaxes(qkv, heads);
-  const at::Tensor ctx = at::bmm(s.kk, s.v.transpose(1, 2)).mul_(scale);  // (B*h, d, e)
-  const at::Tensor out = at::bmm(ctx.transpose(1, 2), s.sq);              // (B*h, e, n)
-  return out.view({B, heads * d, qkv.size(2), qkv.size(3)});
+  const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads), n = qkv.size(2) * qkv.size(3);
+  at::Tensor out = at::empty({B, heads * d, qkv.size(2), qkv.size(3)}, qkv.options());
+  if (out.numel() == 0) return out.zero_();
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention", [&] {
+    using T = scalar_t;
+    T* base = const_cast<T*>(qkv.data_ptr<T>());
+    T* out_base = out.data_ptr<T>();
+    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> sq(d * n), kk(d * n), ctx(d * d), col(n);
+      for (int64_t i = begin; i < end; ++i) {
+        const HeadSlices<T> in(base, i, heads, d, n);
+        softmax_pair<T>(in.q, in.k, sq.data(), kk.data(), d, n, col.data());
+        scaled_outer<T>(kk.data(), in.v, ctx.data(), d, n, T(scale));
+        combine_rows<T>(ctx.data(), sq.data(), out_base + i * d * n, d, n, true);
+      }
+    });
+  });
+  return out;
 }
 
 // Softmax backward of one (b, h): dq = Sq * (dSq - sum_d Sq * dSq) per position, and
@@ -109,6 +128,8 @@ DDPM_FAST_SIMD_CLONES void softmax_pair_backward(const T* sq, const T* dsq, cons
   }
 }
 
+// Backward of one (b, h), with C' = scale * K v^T and g = grad_out:
+//   dSq = C' g, dC' = scale * Sq g^T, dK = dC' v, dv = dC'^T K, then the two softmax backwards.
 at::Tensor linear_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv_in,
                                          int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
@@ -118,26 +139,25 @@ at::Tensor linear_attention_backward_cpu(const at::Tensor& grad_out, const at::T
               B, ", ", heads * d, ", ", qkv.size(2), ", ", qkv.size(3), "), got ", grad_out.sizes());
   at::Tensor grad_qkv = at::empty_like(qkv);
   if (qkv.numel() == 0) return grad_qkv;
-  const Views s = softmaxes(qkv, heads);
-  const at::Tensor dout = grad_out.contiguous().view({B * heads, d, n});
-  const at::Tensor ctx = at::bmm(s.kk, s.v.transpose(1, 2)).mul_(scale);  // (B*h, d, e)
-  const at::Tensor dsq = at::bmm(ctx, dout);                                // (B*h, d, n)
-  const at::Tensor dctx = at::bmm(s.sq, dout.transpose(1, 2)).mul_(scale); // (B*h, d, e)
-  const at::Tensor dk = at::bmm(dctx, s.v);                                 // (B*h, d, n)
-  const at::Tensor dv = at::bmm(dctx.transpose(1, 2), s.kk);                // (B*h, e, n)
-  grad_qkv.view({B, 3, heads, d, n}).select(1, 2).copy_(dv.view({B, heads, d, n}));
-  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention_softmax_backward", [&] {
+  const at::Tensor g = grad_out.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention_backward", [&] {
     using T = scalar_t;
-    T* gbase = grad_qkv.data_ptr<T>();
-    const T *sq = s.sq.data_ptr<T>(), *kk = s.kk.data_ptr<T>();
-    const T *dsqp = dsq.data_ptr<T>(), *dkp = dk.data_ptr<T>();
+    T* base = const_cast<T*>(qkv.data_ptr<T>());
+    T* grad_base = grad_qkv.data_ptr<T>();
+    const T* g_base = g.data_ptr<T>();
     at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> col(n);
+      std::vector<T> sq(d * n), kk(d * n), dsq(d * n), dk(d * n), ctx(d * d), dctx(d * d), col(n);
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t b = i / heads, h = i % heads, off = i * d * n;
-        T* gq = gbase + ((b * 3 + 0) * heads + h) * d * n;
-        T* gk = gbase + ((b * 3 + 1) * heads + h) * d * n;
-        softmax_pair_backward<T>(sq + off, dsqp + off, kk + off, dkp + off, gq, gk, d, n,
+        const HeadSlices<T> in(base, i, heads, d, n);
+        const HeadSlices<T> grad(grad_base, i, heads, d, n);
+        const T* go = g_base + i * d * n;
+        softmax_pair<T>(in.q, in.k, sq.data(), kk.data(), d, n, col.data());
+        scaled_outer<T>(kk.data(), in.v, ctx.data(), d, n, T(scale));
+        combine_rows<T>(ctx.data(), go, dsq.data(), d, n, false);
+        scaled_outer<T>(sq.data(), go, dctx.data(), d, n, T(scale));
+        combine_rows<T>(dctx.data(), in.v, dk.data(), d, n, false);
+        combine_rows<T>(dctx.data(), kk.data(), grad.v, d, n, true);
+        softmax_pair_backward<T>(sq.data(), dsq.data(), kk.data(), dk.data(), grad.q, grad.k, d, n,
                                  col.data());
       }
     });
