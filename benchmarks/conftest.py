@@ -42,7 +42,7 @@ def copy_bandwidth():
 
     def get(device):
         if device not in cache:
-            n = (1 << 28) if device == "cuda" else (1 << 25)
+            n = 1 << 28  # bytes: 256 MiB, past any cache, so this is memory bandwidth
             src = torch.empty(n // 4, device=device)
             dst = torch.empty_like(src)
             dst.copy_(src)

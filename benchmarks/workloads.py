@@ -22,7 +22,7 @@ class Workload:
     """One job: ``make(impl)`` returns a zero-argument callable that runs it once."""
 
     group: str
-    make: callable  # impl name ('reference', 'fused' or 'compile-<mode>') -> callable
+    make: callable  # impl name ('reference', 'fused', 'fused+graph', 'compile-<mode>') -> callable
     check: callable  # () -> None, raises if fused and reference disagree
     extra: dict  # sizes and figures recorded in extra_info (bytes, images, steps)
 
@@ -64,13 +64,14 @@ def sampling_loop(device, batch):
     shape = (batch, 1, 28, 28)
 
     def make(impl):
-        if impl == "fused":
+        if impl.startswith("fused"):
             diffusion, net = GaussianDiffusion(steps, fused=None).to(device), fused_model
         else:
             diffusion = GaussianDiffusion(steps, fused=False).to(device)
             net = model if impl == "reference" else compiled(copy.deepcopy(model), impl)
+        graph = impl == "fused+graph"
         return timed(lambda: diffusion.p_sample_loop(net, shape, return_all_timesteps=False,
-                                                     progress=False), device)
+                                                     progress=False, cuda_graph=graph), device)
 
     def check():
         outs = []
