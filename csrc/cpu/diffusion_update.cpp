@@ -21,39 +21,47 @@ void check_range(const char* op, const at::Tensor& t_in, int64_t T) {
   }
 }
 
-// out[i] = a[b] * x[i] + c[b] * y[i] for i in sample b: the shape of both updates
-// (p_sample_update folds its three coefficients into this form).
-template <typename scalar_t>
-void per_sample_axpby(const scalar_t* x, const scalar_t* y, const scalar_t* a, const scalar_t* c,
-                      scalar_t* out, int64_t batch, int64_t per_sample) {
-  // Parallel over flat chunks; each chunk walks the samples it overlaps so the inner loop is a
-  // plain vectorisable axpby.
+// out[i] = a[b] * x[i] + c[b] * y[i] (+ e[b] * z[i] when z is given) for element i of sample b:
+// the shape of both updates. Parallel over flat chunks; each chunk walks the samples it overlaps
+// so that the inner loop is a plain vectorisable combination.
+template <typename T>
+void per_sample_combination(const T* x, const T* y, const T* z, const T* a, const T* c,
+                            const T* e, T* out, int64_t batch, int64_t per_sample) {
   at::parallel_for(0, batch * per_sample, 16384, [&](int64_t begin, int64_t end) {
     int64_t i = begin;
     while (i < end) {
       const int64_t b = i / per_sample;
       const int64_t stop = std::min(end, (b + 1) * per_sample);
-      const scalar_t ab = a[b], cb = c[b];
-      for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j];
+      const T ab = a[b], cb = c[b];
+      if (z == nullptr) {
+        for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j];
+      } else {
+        const T eb = e[b];
+        for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j] + eb * z[j];
+      }
       i = stop;
     }
   });
 }
 
-at::Tensor axpby_launch(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& a,
-                        const at::Tensor& c) {
-  at::Tensor x = x_in, y = y_in;
-  if (!shares_dense_layout(x, y)) {
+// Runs per_sample_combination on x's layout when every input shares it (NCHW or channels_last),
+// else on contiguous copies. `z` and `e` may be undefined (the two-term form).
+at::Tensor combination_launch(at::Tensor x, at::Tensor y, at::Tensor z, const at::Tensor& a,
+                              const at::Tensor& c, const at::Tensor& e) {
+  if (!shares_dense_layout(x, y) || (z.defined() && !shares_dense_layout(x, z))) {
     x = x.contiguous();
     y = y.contiguous();
+    if (z.defined()) z = z.contiguous();
   }
   at::Tensor out = at::empty_like(x);
   const int64_t batch = x.size(0);
   if (batch == 0 || x.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "per_sample_axpby", [&] {
-    per_sample_axpby<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                               a.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
-                               out.data_ptr<scalar_t>(), batch, x.numel() / batch);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "per_sample_combination", [&] {
+    using T = scalar_t;
+    per_sample_combination<T>(x.data_ptr<T>(), y.data_ptr<T>(),
+                              z.defined() ? z.data_ptr<T>() : nullptr, a.data_ptr<T>(),
+                              c.data_ptr<T>(), e.defined() ? e.data_ptr<T>() : nullptr,
+                              out.data_ptr<T>(), batch, x.numel() / batch);
   });
   return out;
 }
@@ -66,56 +74,23 @@ at::Tensor q_sample_cpu(const at::Tensor& x_start, const at::Tensor& t,
   check_timesteps("q_sample", x_start, t, {&sqrt_alphas_cumprod, &sqrt_one_minus_alphas_cumprod});
   check_range("q_sample", t, sqrt_alphas_cumprod.numel());
   const auto dtype = x_start.scalar_type();
-  return axpby_launch(x_start, noise, gather_table(sqrt_alphas_cumprod, t, dtype),
-                      gather_table(sqrt_one_minus_alphas_cumprod, t, dtype));
+  return combination_launch(x_start, noise, at::Tensor(),
+                            gather_table(sqrt_alphas_cumprod, t, dtype),
+                            gather_table(sqrt_one_minus_alphas_cumprod, t, dtype), at::Tensor());
 }
 
-// x_prev = m * (x - e * eps) + s * noise, with m, e, s per sample; computed as
-// out = m * x + (-m * e) * eps, then out += s * noise, two vectorised passes over the batch.
-template <typename scalar_t>
-void p_sample_update_kernel(const scalar_t* x, const scalar_t* eps, const scalar_t* noise,
-                            const scalar_t* m, const scalar_t* e, const scalar_t* s,
-                            scalar_t* out, int64_t batch, int64_t per_sample) {
-  at::parallel_for(0, batch * per_sample, 16384, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    while (i < end) {
-      const int64_t b = i / per_sample;
-      const int64_t stop = std::min(end, (b + 1) * per_sample);
-      const scalar_t mb = m[b], me = -m[b] * e[b], sb = s[b];
-      for (int64_t j = i; j < stop; ++j) out[j] = mb * x[j] + me * eps[j] + sb * noise[j];
-      i = stop;
-    }
-  });
-}
-
-at::Tensor p_sample_update_cpu(const at::Tensor& x_in, const at::Tensor& eps_in,
-                               const at::Tensor& t, const at::Tensor& sqrt_recip_alphas,
-                               const at::Tensor& eps_coef, const at::Tensor& posterior_std,
-                               const at::Tensor& noise_in) {
-  check_same_layout("p_sample_update", x_in, eps_in, "x", "eps");
-  check_same_layout("p_sample_update", x_in, noise_in, "x", "noise");
-  check_timesteps("p_sample_update", x_in, t, {&sqrt_recip_alphas, &eps_coef, &posterior_std});
+// x_prev = m * (x - e * eps) + s * noise = m * x + (-m * e) * eps + s * noise, per sample.
+at::Tensor p_sample_update_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& t,
+                               const at::Tensor& sqrt_recip_alphas, const at::Tensor& eps_coef,
+                               const at::Tensor& posterior_std, const at::Tensor& noise) {
+  check_same_layout("p_sample_update", x, eps, "x", "eps");
+  check_same_layout("p_sample_update", x, noise, "x", "noise");
+  check_timesteps("p_sample_update", x, t, {&sqrt_recip_alphas, &eps_coef, &posterior_std});
   check_range("p_sample_update", t, sqrt_recip_alphas.numel());
-  at::Tensor x = x_in, eps = eps_in, noise = noise_in;
-  if (!shares_dense_layout(x, eps) || !shares_dense_layout(x, noise)) {
-    x = x.contiguous();
-    eps = eps.contiguous();
-    noise = noise.contiguous();
-  }
-  at::Tensor out = at::empty_like(x);
-  const int64_t batch = x.size(0);
-  if (batch == 0 || x.numel() == 0) return out;
   const auto dtype = x.scalar_type();
   const at::Tensor m = gather_table(sqrt_recip_alphas, t, dtype);
-  const at::Tensor e = gather_table(eps_coef, t, dtype);
-  const at::Tensor s = gather_table(posterior_std, t, dtype);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "p_sample_update", [&] {
-    p_sample_update_kernel<scalar_t>(x.data_ptr<scalar_t>(), eps.data_ptr<scalar_t>(),
-                                     noise.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
-                                     e.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
-                                     out.data_ptr<scalar_t>(), batch, x.numel() / batch);
-  });
-  return out;
+  return combination_launch(x, eps, noise, m, -m * gather_table(eps_coef, t, dtype),
+                            gather_table(posterior_std, t, dtype));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../group_norm_grads.h"
 #include "activations.h"
 #include "vector_math.h"
 
@@ -354,19 +355,8 @@ group_norm_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
       });
     });
   }
-  // The parameter gradients are small (N, C) reductions of the two sums.
-  const at::Tensor one_plus_scale = scale.has_value() ? scale->reshape({N, C}) + 1 : at::ones({N, C}, x.options());
-  const at::Tensor empty = at::empty({0}, x.options());
-  const at::Tensor dweight = weight.has_value() ? (one_plus_scale * sum_du_xhat).sum(0) : empty;
-  const at::Tensor dbias = bias.has_value() ? (one_plus_scale * sum_du).sum(0) : empty;
-  at::Tensor dscale = empty;
-  if (scale.has_value()) {
-    at::Tensor z_sum = sum_du_xhat;
-    if (weight.has_value()) z_sum = z_sum * *weight;
-    if (bias.has_value()) z_sum = z_sum + sum_du * *bias;
-    dscale = z_sum.reshape(scale_in->sizes());
-  }
-  const at::Tensor dshift = shift.has_value() ? sum_du.reshape(shift_in->sizes()) : empty;
+  auto [dweight, dbias, dscale, dshift] =
+      group_norm_parameter_grads(sum_du, sum_du_xhat, weight, bias, scale, shift);
   return {dx, dweight, dbias, dscale, dshift};
 }
 

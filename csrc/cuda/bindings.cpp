@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../group_norm_grads.h"
 #include "launchers.h"
 
 // torch's stable C shim (torch/csrc/inductor/aoti_torch/c/shim.h, declared there only when
@@ -186,21 +187,8 @@ group_norm_act_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
     sum_du.zero_();
     sum_du_xhat.zero_();
   }
-  // Parameter gradients: small (N, C) reductions of the two sums, as on the CPU.
-  const int64_t N = p.N, C = p.C;
-  const at::Tensor s1 = sum_du.to(x.scalar_type()), s2 = sum_du_xhat.to(x.scalar_type());
-  const at::Tensor one_plus_scale = scale.has_value() ? scale->reshape({N, C}) + 1 : at::ones({N, C}, x.options());
-  const at::Tensor empty = at::empty({0}, x.options());
-  const at::Tensor dweight = weight.has_value() ? (one_plus_scale * s2).sum(0) : empty;
-  const at::Tensor dbias = bias.has_value() ? (one_plus_scale * s1).sum(0) : empty;
-  at::Tensor dscale = empty;
-  if (scale.has_value()) {
-    at::Tensor z_sum = s2;
-    if (weight.has_value()) z_sum = z_sum * *weight;
-    if (bias.has_value()) z_sum = z_sum + s1 * *bias;
-    dscale = z_sum.reshape(scale_in->sizes());
-  }
-  const at::Tensor dshift = shift.has_value() ? s1.reshape(shift_in->sizes()) : empty;
+  auto [dweight, dbias, dscale, dshift] = group_norm_parameter_grads(
+      sum_du.to(x.scalar_type()), sum_du_xhat.to(x.scalar_type()), weight, bias, scale, shift);
   return {dx, dweight, dbias, dscale, dshift};
 }
 
