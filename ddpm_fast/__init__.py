@@ -8,6 +8,7 @@
 """
 
 from .diffusion import GaussianDiffusion
+from .fused import accelerate
 from .ops import compiled_backends, compiled_ops_loaded
 from .schedules import (
     cosine_beta_schedule,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GaussianDiffusion",
+    "accelerate",
     "Unet",
     "compiled_backends",
     "compiled_ops_loaded",

@@ -102,3 +102,17 @@ def test_fused_diffusion_sampling_matches_reference():
         torch.manual_seed(1)
         runs.append(GaussianDiffusion(20, fused=fused).sample(m, 8, batch_size=2, channels=1, progress=False))
     torch.testing.assert_close(runs[0], runs[1], atol=1e-4, rtol=1e-4)
+
+
+def test_readme_usage_runs():
+    """The README's Python example, at a small size."""
+    import ddpm_fast
+
+    model = ddpm_fast.Unet(dim=8, channels=1, dim_mults=(1, 2))
+    diffusion = ddpm_fast.GaussianDiffusion(timesteps=10)
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    t = torch.randint(0, 10, (x0.shape[0],))
+    diffusion.p_losses(model, x0, t, loss_type="huber").backward()
+    assert ddpm_fast.accelerate(model) is model
+    samples = diffusion.sample(model, image_size=8, batch_size=2, channels=1, progress=False)
+    assert samples[-1].shape == (2, 1, 8, 8)
