@@ -104,6 +104,22 @@ inline void dispatch_act(int act, F&& f) {
   }
 }
 
+// Streaming multiprocessors of the current device, queried once per device: the split
+// reductions size their grids by it on every launch.
+inline int64_t sm_count() {
+  constexpr int kMaxDevices = 64;
+  static int counts[kMaxDevices] = {};
+  int device = 0;
+  cudaGetDevice(&device);
+  if (device < 0 || device >= kMaxDevices) return 80;
+  if (counts[device] == 0) {
+    int count = 0;
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    counts[device] = count > 0 ? count : 80;
+  }
+  return counts[device];
+}
+
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace cuda

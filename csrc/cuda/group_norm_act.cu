@@ -204,17 +204,10 @@ __global__ void grad_input_kernel(GroupNormActParams p) {
   }
 }
 
-int sm_count() {
-  int device = 0, count = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-  return count > 0 ? count : 80;
-}
-
 }  // namespace
 
 int64_t group_norm_splits(int64_t rows, int64_t elements) {
-  const int64_t want = ceil_div(4 * int64_t(sm_count()), rows);
+  const int64_t want = ceil_div(4 * sm_count(), rows);
   const int64_t most = ceil_div(elements, kThreads);
   const int64_t splits = want < most ? want : most;
   return splits < 1 ? 1 : (splits > 1024 ? 1024 : splits);

@@ -236,10 +236,7 @@ const char* run(const LinearAttentionParams& p, cudaStream_t stream, bool backwa
   if (backward) cudaMemsetAsync(p.dctx, 0, ctx_bytes, stream);
   k_stats_kernel<T><<<static_cast<unsigned>(bh * p.d), kThreads, 0, stream>>>(p);
   // Slices of positions per (b, h): enough blocks to fill the GPU, at least one tile each.
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  int64_t slices = ceil_div(4 * int64_t(sms > 0 ? sms : 80), bh);
+  int64_t slices = ceil_div(4 * sm_count(), bh);
   const int64_t most = ceil_div(p.n, kTile<A>);
   slices = slices < most ? slices : most;
   slices = slices < 1 ? 1 : slices;
