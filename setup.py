@@ -23,10 +23,14 @@ def relative(pattern):
 
 
 # -fno-math-errno -fno-trapping-math (as in PyTorch's own build) let GCC vectorise the math
-# loops; -fopenmp-simd enables the "omp simd" reductions without the OpenMP runtime.
-CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+# loops. -fopenmp is what makes at::parallel_for parallel: with torch's OpenMP backend it is
+# an inline `omp parallel` that compiles to a serial loop without it (the libgomp it links is
+# the one torch has already loaded, same soname).
+CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+LINK_FLAGS = ["-fopenmp"]
 sources = relative("csrc/ops.cpp") + relative("csrc/cpu/*.cpp")
-extension = CppExtension("ddpm_fast._C", sources, extra_compile_args={"cxx": CXX_FLAGS})
+extension = CppExtension("ddpm_fast._C", sources, extra_compile_args={"cxx": CXX_FLAGS},
+                         extra_link_args=LINK_FLAGS)
 
 
 def find_nvcc():
@@ -72,6 +76,7 @@ def cuda_extension():
         "ddpm_fast._C",
         sources + cuda_sources,
         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++20"]},
+        extra_link_args=LINK_FLAGS,
     )
 
 

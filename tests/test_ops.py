@@ -21,6 +21,14 @@ def layouts(x):
     return {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "strided": wide}
 
 
+def test_kernels_are_built_to_run_in_parallel():
+    """at::parallel_for is an inline `omp parallel` under torch's OpenMP backend: built without
+    -fopenmp, every kernel silently runs on one thread."""
+    from ddpm_fast import _C
+
+    assert _C.intra_op_parallel, "ddpm_fast._C was built without OpenMP: its kernels run on one thread"
+
+
 # ---------------------------------------------------------------- q_sample / p_sample_update
 
 Q_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
