@@ -186,12 +186,19 @@ def test_group_norm_act_bad_input():
 # ---------------------------------------------------------------- linear_attention
 
 
+# Shapes that reach every path of the CPU kernel's blocked GEMM: d and H*W below, at and
+# past whole vectors and 4-row blocks, ragged and not (the seed's own 32 heads at 28x28 too).
+LINEAR_ATTENTION_SHAPES = [(2, 4, 8, 7, 7), (1, 4, 32, 4, 4), (0, 2, 8, 3, 3), (3, 1, 5, 2, 6),
+                           (2, 2, 37, 6, 7), (1, 4, 32, 28, 28)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(2, 4, 8, 7, 7), (1, 4, 32, 4, 4), (0, 2, 8, 3, 3), (3, 1, 5, 2, 6)])
+@pytest.mark.parametrize("shape", LINEAR_ATTENTION_SHAPES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
-def test_linear_attention_forward_and_backward(device, shape, layout):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_attention_forward_and_backward(device, shape, layout, dtype):
     b, heads, d, h, w = shape
-    qkv = layouts(torch.randn(b, 3 * heads * d, h, w, device=device) * 2)[layout]
+    qkv = layouts(torch.randn(b, 3 * heads * d, h, w, device=device, dtype=dtype) * 2)[layout]
     ours, ref = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
     y = ops.linear_attention(ours, heads, d**-0.5)
     y_ref = reference.linear_attention(ref, heads, d**-0.5)

@@ -3,77 +3,27 @@
 // Per batch b and head h, with q, k, v the (d, n) slices of qkv (d = dim_head, n = H * W):
 //   Sq = softmax over d of q (per position), K = softmax over n of k (per channel),
 //   ctx = scale * K @ v^T (d x d), out = ctx^T @ Sq (d x n).
-// Parallelisation: one task per (b, h). Each task keeps its softmaxed q and k in thread-local
-// buffers (2 * d * n floats, L2-resident for the seed's d = 32, n = 784) and runs both small
-// contractions there as single-threaded GEMMs, so nothing but the output is written to
-// memory: batch-sized temporaries cost more in page faults than the arithmetic.
+// Parallelisation: one task per (b, h). Each task works in thread-local scratch rows (a few
+// d x n blocks, L2-resident for the seed's d = 32, n = 784) and runs both small contractions
+// there with the register-blocked GEMMs of small_gemm.h, so nothing but the output is written
+// to memory: batch-sized temporaries cost more in page faults than the arithmetic. Scratch
+// rows are padded to whole vectors with zeros (see small_gemm.h); v and grad_out are copied
+// in once per task, as rows and transposed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "../checks.h"
+#include "small_gemm.h"
 #include "vector_math.h"
 
 namespace ddpm_fast {
 namespace {
-
-// Softmaxes of one (b, h): q (d, n) over d into sq, k (d, n) over n into kk. Rows of q, k are
-// contiguous (NCHW qkv); the column-wise softmax of q runs as row sweeps so it vectorises.
-template <typename T>
-DDPM_FAST_SIMD_CLONES void softmax_pair(const T* q, const T* k, T* sq, T* kk, int64_t d, int64_t n, T* col) {
-  // q: column max, then exp and column sums, then normalise.
-  std::fill(col, col + n, -std::numeric_limits<T>::infinity());
-  for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) col[j] = std::max(col[j], q[i * n + j]);
-  for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) sq[i * n + j] = fast_exp(q[i * n + j] - col[j]);
-  std::fill(col, col + n, T(0));
-  for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) col[j] += sq[i * n + j];
-  for (int64_t j = 0; j < n; ++j) col[j] = T(1) / col[j];
-  for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) sq[i * n + j] *= col[j];
-  // k: a plain row softmax.
-  for (int64_t i = 0; i < d; ++i) {
-    const T* kr = k + i * n;
-    T* out = kk + i * n;
-    T m = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, kr[j]);
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < n; ++j) s += (out[j] = fast_exp(kr[j] - m));
-    const T inv = T(1) / s;
-    for (int64_t j = 0; j < n; ++j) out[j] *= inv;
-  }
-}
-
-// Small per-task GEMMs through ATen (oneDNN/MKL blocks them far better than plain loops; inside
-// a parallel_for they run on the calling thread). `a`, `b`, `out` are raw row-major buffers.
-template <typename T>
-at::Tensor as_matrix(const T* data, int64_t rows, int64_t cols) {
-  return at::from_blob(const_cast<T*>(data), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-}
-
-// ctx (d, d) = scale * a (d, n) @ b (d, n)^T
-template <typename T>
-void scaled_outer(const T* a, const T* b, T* ctx, int64_t d, int64_t n, T scale) {
-  at::Tensor out = as_matrix(ctx, d, d);
-  at::mm_out(out, as_matrix(a, d, n), as_matrix(b, d, n).t());
-  out.mul_(scale);
-}
-
-// out (d, n) = m^T @ a (transposed) or m @ a, with m (d, d), a (d, n)
-template <typename T>
-void combine_rows(const T* m, const T* a, T* out, int64_t d, int64_t n, bool transposed) {
-  at::Tensor mm = as_matrix(m, d, d);
-  at::Tensor o = as_matrix(out, d, n);
-  at::mm_out(o, transposed ? mm.t() : mm, as_matrix(a, d, n));
-}
 
 // Pointers to the q, k, v slices of (b, h) in a (B, 3, heads, d, n) buffer.
 template <typename T>
@@ -87,6 +37,120 @@ struct HeadSlices {
   }
 };
 
+// One task's scratch, as padded rows (see small_gemm.h): (d, ld) blocks along positions and
+// (n, ldd) blocks along channels, ld and ldd being n and d padded to whole vectors.
+template <typename T>
+struct Scratch {
+  int64_t ld, ldd;
+  std::vector<T> sq, kk, v, v_t, ctx, col;  // forward
+  std::vector<T> g, g_t, dsq, dk, dctx;     // backward only
+  Scratch(int64_t d, int64_t n, bool backward)
+      : ld(padded_length<T>(n)), ldd(padded_length<T>(d)), sq(d * ld), kk(d * ld), v(d * ld), v_t(n * ldd),
+        ctx(d * ldd), col(ld) {
+    if (backward) {
+      for (auto* block : {&g, &dsq, &dk}) block->assign(d * ld, T(0));
+      g_t.assign(n * ldd, T(0));
+      dctx.assign(d * ldd, T(0));
+    }
+  }
+};
+
+// (d, n) rows of stride n into padded rows of stride ld, and transposed into (n, ldd) padded
+// rows (the padding stays zero).
+template <typename T>
+DDPM_FAST_INLINE void copy_rows(const T* src, T* rows, T* rows_t, int64_t d, int64_t n, int64_t ld, int64_t ldd) {
+  for (int64_t i = 0; i < d; ++i) std::copy(src + i * n, src + (i + 1) * n, rows + i * ld);
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < n; ++j) rows_t[j * ldd + i] = src[i * n + j];
+}
+
+template <typename T>
+DDPM_FAST_INLINE void scale_in_place(T* x, int64_t count, T scale) {
+  for (int64_t i = 0; i < count; ++i) x[i] *= scale;
+}
+
+// Softmaxes of one (b, h): q (d, n) over d into sq, k (d, n) over n into kk, both padded rows
+// of stride ld whose padding stays zero. The column-wise softmax of q runs as row sweeps so
+// it vectorises.
+template <typename T>
+DDPM_FAST_INLINE void softmax_pair(const T* q, const T* k, T* sq, T* kk, int64_t d, int64_t n, int64_t ld,
+                                   T* col) {
+  // q: column max, then exp and column sums, then normalise.
+  std::fill(col, col + n, -std::numeric_limits<T>::infinity());
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < n; ++j) col[j] = std::max(col[j], q[i * n + j]);
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < n; ++j) sq[i * ld + j] = fast_exp(q[i * n + j] - col[j]);
+  std::fill(col, col + n, T(0));
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < n; ++j) col[j] += sq[i * ld + j];
+  for (int64_t j = 0; j < n; ++j) col[j] = T(1) / col[j];
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < n; ++j) sq[i * ld + j] *= col[j];
+  // k: a plain row softmax.
+  for (int64_t i = 0; i < d; ++i) {
+    const T* kr = k + i * n;
+    T* out = kk + i * ld;
+    T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, kr[j]);
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < n; ++j) s += (out[j] = fast_exp(kr[j] - m));
+    const T inv = T(1) / s;
+    for (int64_t j = 0; j < n; ++j) out[j] *= inv;
+  }
+}
+
+// Softmax backward of one (b, h): dq = Sq * (dSq - sum_d Sq * dSq) per position, and
+// dk = K * (dK - sum_n K * dK) per channel; sq, dsq, kk, dkk are padded rows of stride ld,
+// dq and dk grad_qkv's q and k slices.
+template <typename T>
+DDPM_FAST_INLINE void softmax_pair_backward(const T* sq, const T* dsq, const T* kk, const T* dkk, T* dq, T* dk,
+                                            int64_t d, int64_t n, int64_t ld, T* col) {
+  std::fill(col, col + n, T(0));
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < n; ++j) col[j] += sq[i * ld + j] * dsq[i * ld + j];
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < n; ++j) dq[i * n + j] = sq[i * ld + j] * (dsq[i * ld + j] - col[j]);
+  for (int64_t i = 0; i < d; ++i) {
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < n; ++j) dot += kk[i * ld + j] * dkk[i * ld + j];
+    for (int64_t j = 0; j < n; ++j) dk[i * n + j] = kk[i * ld + j] * (dkk[i * ld + j] - dot);
+  }
+}
+
+// Forward of one (b, h): ctx = scale * K v^T (d x d), then out = ctx^T Sq (d x n).
+template <typename T>
+DDPM_FAST_SIMD_CLONES void attend_head(HeadSlices<T> in, T* out, Scratch<T>& s, int64_t d, int64_t n, T scale) {
+  softmax_pair<T>(in.q, in.k, s.sq.data(), s.kk.data(), d, n, s.ld, s.col.data());
+  copy_rows<T>(in.v, s.v.data(), s.v_t.data(), d, n, s.ld, s.ldd);
+  small_gemm<T>(s.kk.data(), s.ld, 1, s.v_t.data(), s.ldd, s.ctx.data(), s.ldd, d, n, d);
+  scale_in_place<T>(s.ctx.data(), d * s.ldd, scale);
+  small_gemm<T>(s.ctx.data(), 1, s.ldd, s.sq.data(), s.ld, out, n, d, d, n);
+}
+
+// Backward of one (b, h), with C' = scale * K v^T and g = grad_out:
+//   dSq = C' g, dC' = scale * Sq g^T, dK = dC' v, dv = dC'^T K, then the two softmax backwards.
+template <typename T>
+DDPM_FAST_SIMD_CLONES void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad, const T* grad_out,
+                                                Scratch<T>& s, int64_t d, int64_t n, T scale) {
+  const int64_t ld = s.ld, ldd = s.ldd;
+  softmax_pair<T>(in.q, in.k, s.sq.data(), s.kk.data(), d, n, ld, s.col.data());
+  copy_rows<T>(in.v, s.v.data(), s.v_t.data(), d, n, ld, ldd);
+  copy_rows<T>(grad_out, s.g.data(), s.g_t.data(), d, n, ld, ldd);
+  small_gemm<T>(s.kk.data(), ld, 1, s.v_t.data(), ldd, s.ctx.data(), ldd, d, n, d);
+  scale_in_place<T>(s.ctx.data(), d * ldd, scale);
+  small_gemm<T>(s.ctx.data(), ldd, 1, s.g.data(), ld, s.dsq.data(), ld, d, d, n);
+  small_gemm<T>(s.sq.data(), ld, 1, s.g_t.data(), ldd, s.dctx.data(), ldd, d, n, d);
+  scale_in_place<T>(s.dctx.data(), d * ldd, scale);
+  small_gemm<T>(s.dctx.data(), ldd, 1, s.v.data(), ld, s.dk.data(), ld, d, d, n);
+  small_gemm<T>(s.dctx.data(), 1, ldd, s.kk.data(), ld, grad.v, n, d, d, n);
+  softmax_pair_backward<T>(s.sq.data(), s.dsq.data(), s.kk.data(), s.dk.data(), grad.q, grad.k, d, n, ld,
+                           s.col.data());
+}
+
 at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
   const at::Tensor qkv = qkv_in.contiguous();
@@ -98,38 +162,14 @@ at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double 
     T* base = const_cast<T*>(qkv.data_ptr<T>());
     T* out_base = out.data_ptr<T>();
     at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> sq(d * n), kk(d * n), ctx(d * d), col(n);
-      for (int64_t i = begin; i < end; ++i) {
-        const HeadSlices<T> in(base, i, heads, d, n);
-        softmax_pair<T>(in.q, in.k, sq.data(), kk.data(), d, n, col.data());
-        scaled_outer<T>(kk.data(), in.v, ctx.data(), d, n, T(scale));
-        combine_rows<T>(ctx.data(), sq.data(), out_base + i * d * n, d, n, true);
-      }
+      Scratch<T> scratch(d, n, /*backward=*/false);
+      for (int64_t i = begin; i < end; ++i)
+        attend_head<T>(HeadSlices<T>(base, i, heads, d, n), out_base + i * d * n, scratch, d, n, T(scale));
     });
   });
   return out;
 }
 
-// Softmax backward of one (b, h): dq = Sq * (dSq - sum_d Sq * dSq) per position, and
-// dk = K * (dK - sum_n K * dK) per channel, written straight into grad_qkv's q and k slices.
-template <typename T>
-DDPM_FAST_SIMD_CLONES void softmax_pair_backward(const T* sq, const T* dsq, const T* kk, const T* dkk, T* dq, T* dk,
-                           int64_t d, int64_t n, T* col) {
-  std::fill(col, col + n, T(0));
-  for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) col[j] += sq[i * n + j] * dsq[i * n + j];
-  for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) dq[i * n + j] = sq[i * n + j] * (dsq[i * n + j] - col[j]);
-  for (int64_t i = 0; i < d; ++i) {
-    T dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < n; ++j) dot += kk[i * n + j] * dkk[i * n + j];
-    for (int64_t j = 0; j < n; ++j) dk[i * n + j] = kk[i * n + j] * (dkk[i * n + j] - dot);
-  }
-}
-
-// Backward of one (b, h), with C' = scale * K v^T and g = grad_out:
-//   dSq = C' g, dC' = scale * Sq g^T, dK = dC' v, dv = dC'^T K, then the two softmax backwards.
 at::Tensor linear_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv_in,
                                          int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
@@ -146,20 +186,10 @@ at::Tensor linear_attention_backward_cpu(const at::Tensor& grad_out, const at::T
     T* grad_base = grad_qkv.data_ptr<T>();
     const T* g_base = g.data_ptr<T>();
     at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> sq(d * n), kk(d * n), dsq(d * n), dk(d * n), ctx(d * d), dctx(d * d), col(n);
-      for (int64_t i = begin; i < end; ++i) {
-        const HeadSlices<T> in(base, i, heads, d, n);
-        const HeadSlices<T> grad(grad_base, i, heads, d, n);
-        const T* go = g_base + i * d * n;
-        softmax_pair<T>(in.q, in.k, sq.data(), kk.data(), d, n, col.data());
-        scaled_outer<T>(kk.data(), in.v, ctx.data(), d, n, T(scale));
-        combine_rows<T>(ctx.data(), go, dsq.data(), d, n, false);
-        scaled_outer<T>(sq.data(), go, dctx.data(), d, n, T(scale));
-        combine_rows<T>(dctx.data(), in.v, dk.data(), d, n, false);
-        combine_rows<T>(dctx.data(), kk.data(), grad.v, d, n, true);
-        softmax_pair_backward<T>(sq.data(), dsq.data(), kk.data(), dk.data(), grad.q, grad.k, d, n,
-                                 col.data());
-      }
+      Scratch<T> scratch(d, n, /*backward=*/true);
+      for (int64_t i = begin; i < end; ++i)
+        attend_head_backward<T>(HeadSlices<T>(base, i, heads, d, n), HeadSlices<T>(grad_base, i, heads, d, n),
+                                g_base + i * d * n, scratch, d, n, T(scale));
     });
   });
   return grad_qkv;
