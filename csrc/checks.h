@@ -97,4 +97,18 @@ inline void check_linear_attention_args(const at::Tensor& qkv, int64_t heads) {
               " must divide qkv's ", qkv.size(1), " channels into 3*heads equal parts");
 }
 
+inline void check_projected_linear_attention_args(const at::Tensor& x, const at::Tensor& w_qkv, int64_t heads) {
+  TORCH_CHECK(x.dim() == 4, "projected_linear_attention: expected x of shape (B, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "projected_linear_attention: x must be a floating-point tensor, got ", x.scalar_type());
+  TORCH_CHECK(w_qkv.scalar_type() == x.scalar_type(), "projected_linear_attention: w_qkv must have x's dtype ",
+              x.scalar_type(), ", got ", w_qkv.scalar_type());
+  const bool one_by_one = w_qkv.dim() == 2 || (w_qkv.dim() == 4 && w_qkv.size(2) == 1 && w_qkv.size(3) == 1);
+  TORCH_CHECK(one_by_one && w_qkv.size(1) == x.size(1),
+              "projected_linear_attention: expected w_qkv of shape (3*heads*dim_head, ", x.size(1),
+              ", 1, 1), got ", w_qkv.sizes());
+  TORCH_CHECK(heads >= 1 && w_qkv.size(0) % (3 * heads) == 0, "projected_linear_attention: heads=", heads,
+              " must divide w_qkv's ", w_qkv.size(0), " output channels into 3*heads equal parts");
+}
+
 }  // namespace ddpm_fast

@@ -63,31 +63,9 @@ class FusedBlock(nn.Module):
         return self.norm(self.proj(x), scale_shift)
 
 
-def _conv1x1(x, weight, bias=None, channels_last_out=False):
-    """A 1x1 convolution as one batched GEMM: x (B, C_in, H, W) -> (B, C_out, H, W), NCHW, or
-    channels_last with ``channels_last_out``.
-
-    oneDNN's 1x1 convolution on NCHW CPU tensors runs at a fraction of GEMM speed; as a batched
-    GEMM it reads channels_last or NCHW input in place and writes the layout the next op wants
-    (torch.matmul would fold the batch the other way and then copy).
-    """
-    b, c, h, w = x.shape
-    w2d = weight.reshape(weight.shape[0], c)
-    x3d = x.reshape(b, c, h * w)
-    if channels_last_out:  # (B, HW, C_in) @ (C_in, C_out) -> (B, HW, C_out), channels_last
-        out = torch.bmm(x3d.transpose(1, 2), w2d.t().expand(b, -1, -1))
-        if bias is not None:
-            out = out + bias
-        return out.view(b, h, w, -1).permute(0, 3, 1, 2)
-    out = torch.bmm(w2d.expand(b, -1, -1), x3d)
-    if bias is not None:
-        out = out + bias[:, None]
-    return out.view(b, -1, h, w)
-
-
 class FusedLinearAttention(nn.Module):
-    """The seed's ``LinearAttention`` with its core (two softmaxes, two contractions) in one op,
-    its 1x1 projections as GEMMs and its output GroupNorm fused.
+    """The seed's ``LinearAttention`` with ``to_qkv`` and its core (two softmaxes, two
+    contractions) in one op, ``to_out``'s 1x1 convolution as a GEMM and its GroupNorm fused.
 
     Keeps ``to_qkv`` (Conv2d, 1x1, no bias) and ``to_out`` (Sequential of a 1x1 Conv2d and a
     GroupNorm(1)) under their names. x: (B, dim, H, W) -> (B, dim, H, W).
@@ -102,12 +80,11 @@ class FusedLinearAttention(nn.Module):
         self.to_out = nn.Sequential(conv, FusedGroupNorm.from_group_norm(norm))
 
     def forward(self, x):
-        qkv = _conv1x1(x, self.to_qkv.weight)  # NCHW: the layout the attention kernel reads
-        out = ops.linear_attention(qkv, self.heads, self.scale)
+        out = ops.projected_linear_attention(x, self.to_qkv.weight, self.heads, self.scale)
         conv, norm = self.to_out
         # Back in x's layout, so a channels_last U-Net stays channels_last after the residual.
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return norm(_conv1x1(out, conv.weight, conv.bias, channels_last))
+        return norm(ops.conv1x1(out, conv.weight, conv.bias, channels_last))
 
 
 # ---------------------------------------------------------------- matching by structure

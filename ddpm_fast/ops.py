@@ -137,6 +137,43 @@ def linear_attention(qkv, heads, scale):
     return reference.linear_attention(qkv, heads, scale)
 
 
+def projected_linear_attention(x, w_qkv, heads, scale):
+    """``linear_attention(conv1x1(x, w_qkv), heads, scale)``, the seed's ``to_qkv`` and core;
+    see :func:`reference.projected_linear_attention`.
+
+    On the CPU one kernel projects each (sample, head) in cache, so the qkv tensor (three
+    times the output) never reaches memory; elsewhere the projection runs as a GEMM before
+    :func:`linear_attention`. x: (B, C, H, W), NCHW or channels_last; w_qkv:
+    (3 * heads * dim_head, C, 1, 1) -> (B, heads * dim_head, H, W), NCHW.
+    """
+    if _covered(x, w_qkv) and x.device.type == "cpu" and x.dim() == 4:
+        return torch.ops.ddpm_fast.projected_linear_attention(x, w_qkv, heads, scale)
+    return linear_attention(conv1x1(x, w_qkv), heads, scale)
+
+
+def conv1x1(x, weight, bias=None, channels_last_out=False):
+    """A 1x1 convolution as one batched GEMM: x (B, C_in, H, W), weight (C_out, C_in, 1, 1) or
+    (C_out, C_in) -> (B, C_out, H, W), NCHW, or channels_last with ``channels_last_out``.
+
+    oneDNN's 1x1 convolution on NCHW CPU tensors runs at a fraction of GEMM speed; as a batched
+    GEMM it reads channels_last or NCHW input in place and writes the layout the next op wants
+    (torch.matmul would fold the batch the other way and then copy).
+    """
+    b, c, h, w = x.shape
+    c_out = weight.shape[0]
+    w2d = weight.reshape(c_out, c)
+    x3d = x.reshape(b, c, h * w)
+    if channels_last_out:  # (B, HW, C_in) @ (C_in, C_out) -> (B, HW, C_out), channels_last
+        out = torch.bmm(x3d.transpose(1, 2), w2d.t().expand(b, -1, -1))
+        if bias is not None:
+            out = out + bias
+        return out.view(b, h, w, c_out).permute(0, 3, 1, 2)
+    out = torch.bmm(w2d.expand(b, -1, -1), x3d)
+    if bias is not None:
+        out = out + bias[:, None]
+    return out.view(b, c_out, h, w)
+
+
 # ---------------------------------------------------------------- fake kernels and autograd
 
 
@@ -182,6 +219,11 @@ def _register_fakes():
     @torch.library.register_fake("ddpm_fast::linear_attention_backward")
     def _(grad_out, qkv, heads, scale):
         return qkv.new_empty(qkv.shape)
+
+    @torch.library.register_fake("ddpm_fast::projected_linear_attention")
+    def _(x, w_qkv, heads, scale):
+        b, _, h, w = x.shape
+        return x.new_empty((b, w_qkv.shape[0] // 3, h, w))
 
 
 def _dense_format(x, *others):
@@ -255,6 +297,30 @@ def _register_autograd():
 
     torch.library.register_autograd(
         "ddpm_fast::linear_attention", la_backward, setup_context=la_setup
+    )
+
+    def pla_setup(ctx, inputs, output):
+        x, w_qkv, heads, scale = inputs
+        ctx.heads, ctx.scale = heads, scale
+        ctx.save_for_backward(x, w_qkv)
+
+    def pla_backward(ctx, grad_out):
+        # The forward kept no qkv: recompute it, then chain the core's backward and the GEMMs'.
+        x, w_qkv = ctx.saved_tensors
+        qkv = conv1x1(x, w_qkv)
+        grad_qkv = torch.ops.ddpm_fast.linear_attention_backward(
+            grad_out.contiguous(), qkv, ctx.heads, ctx.scale
+        )
+        w2d = w_qkv.reshape(w_qkv.shape[0], x.shape[1])
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv1x1(grad_qkv, w2d.t(), channels_last_out=_kernel_format(x) == torch.channels_last)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.einsum("bohw,bchw->oc", grad_qkv, x).reshape(w_qkv.shape)
+        return grad_x, grad_w, None, None
+
+    torch.library.register_autograd(
+        "ddpm_fast::projected_linear_attention", pla_backward, setup_context=pla_setup
     )
 
 

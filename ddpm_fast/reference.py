@@ -99,3 +99,10 @@ def linear_attention(qkv, heads, scale):
     out = torch.einsum("b h d e, b h d n -> b h e n", context, q)
     return out.reshape(b, heads * dim_head, h, w)
 
+
+def projected_linear_attention(x, w_qkv, heads, scale):
+    """The seed's ``to_qkv`` (a 1x1 convolution without bias) followed by
+    :func:`linear_attention`. x: (B, C, H, W); w_qkv: (3 * heads * dim_head, C, 1, 1).
+    Returns (B, heads * dim_head, H, W).
+    """
+    return linear_attention(F.conv2d(x, w_qkv), heads, scale)

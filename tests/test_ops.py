@@ -224,6 +224,51 @@ def test_linear_attention_bad_input():
         torch.ops.ddpm_fast.linear_attention(torch.randn(24, 2, 2), 2, 1.0)
 
 
+# ---------------------------------------------------------------- projected_linear_attention
+
+
+@pytest.mark.parametrize("shape", LINEAR_ATTENTION_SHAPES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_projected_linear_attention_forward_and_backward(shape, layout, dtype):
+    b, heads, d, h, w = shape
+    x = layouts(torch.randn(b, 12, h, w, dtype=dtype))[layout]
+    weight = torch.randn(3 * heads * d, 12, 1, 1, dtype=dtype) / 2
+    ours = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
+    ref = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
+    y = ops.projected_linear_attention(*ours, heads, d**-0.5)
+    y_ref = reference.projected_linear_attention(*ref, heads, d**-0.5)
+    torch.testing.assert_close(y, y_ref)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad)
+    y_ref.backward(grad)
+    torch.testing.assert_close(ours[0].grad, ref[0].grad)
+    torch.testing.assert_close(ours[1].grad, ref[1].grad)
+
+
+def test_projected_linear_attention_gradcheck_and_opcheck():
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3 * 2 * 4, 6, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: ops.projected_linear_attention(x, w, 2, 0.5), [x, weight])
+    torch.library.opcheck(torch.ops.ddpm_fast.projected_linear_attention, (x, weight, 2, 0.5))
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.ddpm_fast.projected_linear_attention, (x_cl, weight, 2, 0.5))
+
+
+def test_projected_linear_attention_bad_input():
+    x = torch.randn(1, 6, 2, 2)
+    with pytest.raises(RuntimeError, match=r"heads=5 must divide w_qkv's 24 output channels"):
+        torch.ops.ddpm_fast.projected_linear_attention(x, torch.randn(24, 6, 1, 1), 5, 1.0)
+    with pytest.raises(RuntimeError, match=r"expected w_qkv of shape \(3\*heads\*dim_head, 6, 1, 1\)"):
+        torch.ops.ddpm_fast.projected_linear_attention(x, torch.randn(24, 5, 1, 1), 2, 1.0)
+    with pytest.raises(RuntimeError, match=r"expected w_qkv of shape"):
+        torch.ops.ddpm_fast.projected_linear_attention(x, torch.randn(24, 6, 3, 3), 2, 1.0)
+    with pytest.raises(RuntimeError, match=r"w_qkv must have x's dtype"):
+        torch.ops.ddpm_fast.projected_linear_attention(x, torch.randn(24, 6, 1, 1).double(), 2, 1.0)
+    with pytest.raises(RuntimeError, match=r"expected x of shape \(B, C, H, W\)"):
+        torch.ops.ddpm_fast.projected_linear_attention(x[0], torch.randn(24, 6, 1, 1), 2, 1.0)
+
+
 # ---------------------------------------------------------------- torch.compile
 
 
@@ -232,10 +277,13 @@ def test_every_op_compiles_without_graph_breaks():
     qkv = torch.randn(2, 3 * 2 * 4, 5, 5)
     qa, pa = q_args(2), p_args(2)
 
+    w_qkv = torch.randn(3 * 2 * 4, 8, 1, 1)
+
     def all_ops(x, weight, bias, scale, shift, qkv):
         a = ops.group_norm_act(x, 4, weight, bias, scale, shift, 1e-5, "silu")
         b = ops.linear_attention(qkv, 2, 0.5)
-        return a, b, ops.q_sample(*qa), ops.p_sample_update(*pa)
+        c = ops.projected_linear_attention(x, w_qkv, 2, 0.5)
+        return a, b, c, ops.q_sample(*qa), ops.p_sample_update(*pa)
 
     compiled = torch.compile(all_ops, fullgraph=True, backend="aot_eager")
     for got, expected in zip(compiled(x, weight, bias, scale, shift, qkv), all_ops(x, weight, bias, scale, shift, qkv)):

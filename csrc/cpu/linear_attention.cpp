@@ -25,16 +25,20 @@
 namespace ddpm_fast {
 namespace {
 
-// Pointers to the q, k, v slices of (b, h) in a (B, 3, heads, d, n) buffer.
+// The q, k, v slices of one (b, h): (d, n) each, rows `ld` apart.
 template <typename T>
 struct HeadSlices {
   T *q, *k, *v;
-  HeadSlices(T* base, int64_t i, int64_t heads, int64_t d, int64_t n) {
+  int64_t ld;
+  // Slices of task i = b * heads + h in a (B, 3, heads, d, n) buffer.
+  HeadSlices(T* base, int64_t i, int64_t heads, int64_t d, int64_t n) : ld(n) {
     const int64_t b = i / heads, h = i % heads;
     q = base + ((b * 3 + 0) * heads + h) * d * n;
     k = base + ((b * 3 + 1) * heads + h) * d * n;
     v = base + ((b * 3 + 2) * heads + h) * d * n;
   }
+  // Three consecutive (d, ld) blocks.
+  HeadSlices(T* base, int64_t d, int64_t ld) : q(base), k(base + d * ld), v(base + 2 * d * ld), ld(ld) {}
 };
 
 // One task's scratch, as padded rows (see small_gemm.h): (d, ld) blocks along positions and
@@ -42,26 +46,30 @@ struct HeadSlices {
 template <typename T>
 struct Scratch {
   int64_t ld, ldd;
-  std::vector<T> sq, kk, v, v_t, ctx, col;  // forward
-  std::vector<T> g, g_t, dsq, dk, dctx;     // backward only
+  std::vector<T> sq, kk, v_t, ctx, col;      // forward
+  std::vector<T> v, g, g_t, dsq, dk, dctx;  // backward only
   Scratch(int64_t d, int64_t n, bool backward)
-      : ld(padded_length<T>(n)), ldd(padded_length<T>(d)), sq(d * ld), kk(d * ld), v(d * ld), v_t(n * ldd),
-        ctx(d * ldd), col(ld) {
+      : ld(padded_length<T>(n)), ldd(padded_length<T>(d)), sq(d * ld), kk(d * ld), v_t(n * ldd), ctx(d * ldd),
+        col(ld) {
     if (backward) {
-      for (auto* block : {&g, &dsq, &dk}) block->assign(d * ld, T(0));
+      for (auto* block : {&v, &g, &dsq, &dk}) block->assign(d * ld, T(0));
       g_t.assign(n * ldd, T(0));
       dctx.assign(d * ldd, T(0));
     }
   }
 };
 
-// (d, n) rows of stride n into padded rows of stride ld, and transposed into (n, ldd) padded
-// rows (the padding stays zero).
+// (d, n) rows, `ld_src` apart, into padded rows of stride ld (the padding stays zero).
 template <typename T>
-DDPM_FAST_INLINE void copy_rows(const T* src, T* rows, T* rows_t, int64_t d, int64_t n, int64_t ld, int64_t ldd) {
-  for (int64_t i = 0; i < d; ++i) std::copy(src + i * n, src + (i + 1) * n, rows + i * ld);
+DDPM_FAST_INLINE void copy_rows(const T* src, int64_t ld_src, T* rows, int64_t d, int64_t n, int64_t ld) {
+  for (int64_t i = 0; i < d; ++i) std::copy(src + i * ld_src, src + i * ld_src + n, rows + i * ld);
+}
+
+// (d, n) rows, `ld_src` apart, transposed into (n, ldd) padded rows.
+template <typename T>
+DDPM_FAST_INLINE void transpose_rows(const T* src, int64_t ld_src, T* rows_t, int64_t d, int64_t n, int64_t ldd) {
   for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) rows_t[j * ldd + i] = src[i * n + j];
+    for (int64_t j = 0; j < n; ++j) rows_t[j * ldd + i] = src[i * ld_src + j];
 }
 
 template <typename T>
@@ -69,18 +77,18 @@ DDPM_FAST_INLINE void scale_in_place(T* x, int64_t count, T scale) {
   for (int64_t i = 0; i < count; ++i) x[i] *= scale;
 }
 
-// Softmaxes of one (b, h): q (d, n) over d into sq, k (d, n) over n into kk, both padded rows
-// of stride ld whose padding stays zero. The column-wise softmax of q runs as row sweeps so
+// Softmaxes of one (b, h): q (d, n) over d into sq, k (d, n) over n into kk (q and k rows
+// ld_in apart; sq and kk padded rows of stride ld whose padding stays zero). The column-wise softmax of q runs as row sweeps so
 // it vectorises.
 template <typename T>
-DDPM_FAST_INLINE void softmax_pair(const T* q, const T* k, T* sq, T* kk, int64_t d, int64_t n, int64_t ld,
-                                   T* col) {
+DDPM_FAST_INLINE void softmax_pair(const T* q, const T* k, int64_t ld_in, T* sq, T* kk, int64_t d, int64_t n,
+                                   int64_t ld, T* col) {
   // q: column max, then exp and column sums, then normalise.
   std::fill(col, col + n, -std::numeric_limits<T>::infinity());
   for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) col[j] = std::max(col[j], q[i * n + j]);
+    for (int64_t j = 0; j < n; ++j) col[j] = std::max(col[j], q[i * ld_in + j]);
   for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) sq[i * ld + j] = fast_exp(q[i * n + j] - col[j]);
+    for (int64_t j = 0; j < n; ++j) sq[i * ld + j] = fast_exp(q[i * ld_in + j] - col[j]);
   std::fill(col, col + n, T(0));
   for (int64_t i = 0; i < d; ++i)
     for (int64_t j = 0; j < n; ++j) col[j] += sq[i * ld + j];
@@ -89,7 +97,7 @@ DDPM_FAST_INLINE void softmax_pair(const T* q, const T* k, T* sq, T* kk, int64_t
     for (int64_t j = 0; j < n; ++j) sq[i * ld + j] *= col[j];
   // k: a plain row softmax.
   for (int64_t i = 0; i < d; ++i) {
-    const T* kr = k + i * n;
+    const T* kr = k + i * ld_in;
     T* out = kk + i * ld;
     T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
@@ -124,8 +132,8 @@ DDPM_FAST_INLINE void softmax_pair_backward(const T* sq, const T* dsq, const T* 
 // Forward of one (b, h): ctx = scale * K v^T (d x d), then out = ctx^T Sq (d x n).
 template <typename T>
 DDPM_FAST_SIMD_CLONES void attend_head(HeadSlices<T> in, T* out, Scratch<T>& s, int64_t d, int64_t n, T scale) {
-  softmax_pair<T>(in.q, in.k, s.sq.data(), s.kk.data(), d, n, s.ld, s.col.data());
-  copy_rows<T>(in.v, s.v.data(), s.v_t.data(), d, n, s.ld, s.ldd);
+  softmax_pair<T>(in.q, in.k, in.ld, s.sq.data(), s.kk.data(), d, n, s.ld, s.col.data());
+  transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
   small_gemm<T>(s.kk.data(), s.ld, 1, s.v_t.data(), s.ldd, s.ctx.data(), s.ldd, d, n, d);
   scale_in_place<T>(s.ctx.data(), d * s.ldd, scale);
   small_gemm<T>(s.ctx.data(), 1, s.ldd, s.sq.data(), s.ld, out, n, d, d, n);
@@ -137,9 +145,11 @@ template <typename T>
 DDPM_FAST_SIMD_CLONES void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad, const T* grad_out,
                                                 Scratch<T>& s, int64_t d, int64_t n, T scale) {
   const int64_t ld = s.ld, ldd = s.ldd;
-  softmax_pair<T>(in.q, in.k, s.sq.data(), s.kk.data(), d, n, ld, s.col.data());
-  copy_rows<T>(in.v, s.v.data(), s.v_t.data(), d, n, ld, ldd);
-  copy_rows<T>(grad_out, s.g.data(), s.g_t.data(), d, n, ld, ldd);
+  softmax_pair<T>(in.q, in.k, in.ld, s.sq.data(), s.kk.data(), d, n, ld, s.col.data());
+  copy_rows<T>(in.v, in.ld, s.v.data(), d, n, ld);
+  transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, ldd);
+  copy_rows<T>(grad_out, n, s.g.data(), d, n, ld);
+  transpose_rows<T>(grad_out, n, s.g_t.data(), d, n, ldd);
   small_gemm<T>(s.kk.data(), ld, 1, s.v_t.data(), ldd, s.ctx.data(), ldd, d, n, d);
   scale_in_place<T>(s.ctx.data(), d * ldd, scale);
   small_gemm<T>(s.ctx.data(), ldd, 1, s.g.data(), ld, s.dsq.data(), ld, d, d, n);
@@ -149,6 +159,27 @@ DDPM_FAST_SIMD_CLONES void attend_head_backward(HeadSlices<T> in, HeadSlices<T> 
   small_gemm<T>(s.dctx.data(), 1, ldd, s.kk.data(), ld, grad.v, n, d, d, n);
   softmax_pair_backward<T>(s.sq.data(), s.dsq.data(), s.kk.data(), s.dk.data(), grad.q, grad.k, d, n, ld,
                            s.col.data());
+}
+
+// Sample b of x, (C, n) with the given strides (NCHW or channels_last), into padded rows.
+template <typename T>
+DDPM_FAST_INLINE void gather_sample(const T* x, int64_t c_stride, int64_t j_stride, T* rows, int64_t C, int64_t n,
+                                    int64_t ld) {
+  if (j_stride == 1) {
+    copy_rows<T>(x, c_stride, rows, C, n, ld);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < C; ++c) rows[c * ld + j] = x[j * j_stride + c * c_stride];
+}
+
+// q, k, v of head h, each (d x C) rows of w times the gathered sample (C x ld), into three
+// consecutive (d, ld) blocks of qkv.
+template <typename T>
+DDPM_FAST_SIMD_CLONES void project_head(const T* w, const T* sample, T* qkv, int64_t heads, int64_t h, int64_t d,
+                                        int64_t C, int64_t n, int64_t ld) {
+  for (int64_t part = 0; part < 3; ++part)
+    small_gemm<T>(w + (part * heads + h) * d * C, C, 1, sample, ld, qkv + part * d * ld, ld, d, C, n);
 }
 
 at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double scale) {
@@ -165,6 +196,42 @@ at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double 
       Scratch<T> scratch(d, n, /*backward=*/false);
       for (int64_t i = begin; i < end; ++i)
         attend_head<T>(HeadSlices<T>(base, i, heads, d, n), out_base + i * d * n, scratch, d, n, T(scale));
+    });
+  });
+  return out;
+}
+
+// linear_attention(conv1x1(x, w_qkv)) with the projection done per (b, h) in scratch, so the
+// (B, 3 * heads * d, H, W) qkv tensor, three times the output, never reaches memory.
+at::Tensor projected_linear_attention_cpu(const at::Tensor& x_in, const at::Tensor& w_qkv, int64_t heads,
+                                          double scale) {
+  check_projected_linear_attention_args(x_in, w_qkv, heads);
+  const bool channels_last = !x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = channels_last ? x_in : x_in.contiguous();
+  const int64_t B = x.size(0), C = x.size(1), n = x.size(2) * x.size(3);
+  const int64_t d = w_qkv.size(0) / (3 * heads);
+  const at::Tensor w = w_qkv.reshape({w_qkv.size(0), C}).contiguous();
+  const int64_t c_stride = channels_last ? 1 : n, j_stride = channels_last ? C : 1;
+  at::Tensor out = at::empty({B, heads * d, x.size(2), x.size(3)}, x.options());
+  if (out.numel() == 0) return out.zero_();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "projected_linear_attention", [&] {
+    using T = scalar_t;
+    const T* x_base = x.data_ptr<T>();
+    const T* w_base = w.data_ptr<T>();
+    T* out_base = out.data_ptr<T>();
+    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+      Scratch<T> scratch(d, n, /*backward=*/false);
+      std::vector<T> sample(C * scratch.ld, T(0)), qkv(3 * d * scratch.ld, T(0));
+      int64_t gathered = -1;  // consecutive tasks share a sample: gather it once
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / heads, h = i % heads;
+        if (b != gathered) {
+          gather_sample<T>(x_base + b * C * n, c_stride, j_stride, sample.data(), C, n, scratch.ld);
+          gathered = b;
+        }
+        project_head<T>(w_base, sample.data(), qkv.data(), heads, h, d, C, n, scratch.ld);
+        attend_head<T>(HeadSlices<T>(qkv.data(), d, scratch.ld), out_base + i * d * n, scratch, d, n, T(scale));
+      }
     });
   });
   return out;
@@ -200,6 +267,7 @@ at::Tensor linear_attention_backward_cpu(const at::Tensor& grad_out, const at::T
 TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
   m.impl("linear_attention", &linear_attention_cpu);
   m.impl("linear_attention_backward", &linear_attention_backward_cpu);
+  m.impl("projected_linear_attention", &projected_linear_attention_cpu);
 }
 
 }  // namespace ddpm_fast
