@@ -37,8 +37,6 @@ struct HeadSlices {
     k = base + ((b * 3 + 1) * heads + h) * d * n;
     v = base + ((b * 3 + 2) * heads + h) * d * n;
   }
-  // Three consecutive (d, ld) blocks.
-  HeadSlices(T* base, int64_t d, int64_t ld) : q(base), k(base + d * ld), v(base + 2 * d * ld), ld(ld) {}
 };
 
 // One task's scratch, as padded rows (see small_gemm.h): (d, ld) blocks along positions and
@@ -101,7 +99,7 @@ DDPM_FAST_INLINE void softmax_pair(const T* q, const T* k, int64_t ld_in, T* sq,
     T* out = kk + i * ld;
     T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, kr[j]);
+    for (int64_t j = 0; j < n; ++j) m = kr[j] > m ? kr[j] : m;  // std::max here stays scalar
     T s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < n; ++j) s += (out[j] = fast_exp(kr[j] - m));
@@ -129,14 +127,21 @@ DDPM_FAST_INLINE void softmax_pair_backward(const T* sq, const T* dsq, const T* 
   }
 }
 
-// Forward of one (b, h): ctx = scale * K v^T (d x d), then out = ctx^T Sq (d x n).
+// Forward of one (b, h) from q and k (rows ld_in apart) and v^T already in s.v_t:
+// ctx = scale * K v^T (d x d), then out = ctx^T Sq (d x n).
 template <typename T>
-DDPM_FAST_SIMD_CLONES void attend_head(HeadSlices<T> in, T* out, Scratch<T>& s, int64_t d, int64_t n, T scale) {
-  softmax_pair<T>(in.q, in.k, in.ld, s.sq.data(), s.kk.data(), d, n, s.ld, s.col.data());
-  transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
+DDPM_FAST_INLINE void attend(const T* q, const T* k, int64_t ld_in, T* out, Scratch<T>& s, int64_t d, int64_t n,
+                             T scale) {
+  softmax_pair<T>(q, k, ld_in, s.sq.data(), s.kk.data(), d, n, s.ld, s.col.data());
   small_gemm<T>(s.kk.data(), s.ld, 1, s.v_t.data(), s.ldd, s.ctx.data(), s.ldd, d, n, d);
   scale_in_place<T>(s.ctx.data(), d * s.ldd, scale);
   small_gemm<T>(s.ctx.data(), 1, s.ldd, s.sq.data(), s.ld, out, n, d, d, n);
+}
+
+template <typename T>
+DDPM_FAST_SIMD_CLONES void attend_head(HeadSlices<T> in, T* out, Scratch<T>& s, int64_t d, int64_t n, T scale) {
+  transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
+  attend<T>(in.q, in.k, in.ld, out, s, d, n, scale);
 }
 
 // Backward of one (b, h), with C' = scale * K v^T and g = grad_out:
@@ -173,13 +178,18 @@ DDPM_FAST_INLINE void gather_sample(const T* x, int64_t c_stride, int64_t j_stri
     for (int64_t c = 0; c < C; ++c) rows[c * ld + j] = x[j * j_stride + c * c_stride];
 }
 
-// q, k, v of head h, each (d x C) rows of w times the gathered sample (C x ld), into three
-// consecutive (d, ld) blocks of qkv.
+// Forward of one (b, h) of projected_linear_attention, from the gathered sample (C x ld):
+// q and k, each (d x C) rows of w times the sample, into two (d, ld) blocks of qk; v^T
+// straight into s.v_t as the sample^T times the head's block of w_v_t (C, ldd), so it needs
+// no transpose.
 template <typename T>
-DDPM_FAST_SIMD_CLONES void project_head(const T* w, const T* sample, T* qkv, int64_t heads, int64_t h, int64_t d,
-                                        int64_t C, int64_t n, int64_t ld) {
-  for (int64_t part = 0; part < 3; ++part)
-    small_gemm<T>(w + (part * heads + h) * d * C, C, 1, sample, ld, qkv + part * d * ld, ld, d, C, n);
+DDPM_FAST_SIMD_CLONES void project_and_attend_head(const T* w, const T* w_v_t, const T* sample, T* qk, T* out,
+                                                   Scratch<T>& s, int64_t heads, int64_t h, int64_t d, int64_t C,
+                                                   int64_t n, T scale) {
+  for (int64_t part = 0; part < 2; ++part)
+    small_gemm<T>(w + (part * heads + h) * d * C, C, 1, sample, s.ld, qk + part * d * s.ld, s.ld, d, C, n);
+  small_gemm<T>(sample, 1, s.ld, w_v_t + h * C * s.ldd, s.ldd, s.v_t.data(), s.ldd, n, C, d);
+  attend<T>(qk, qk + d * s.ld, s.ld, out, s, d, n, scale);
 }
 
 at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double scale) {
@@ -219,9 +229,15 @@ at::Tensor projected_linear_attention_cpu(const at::Tensor& x_in, const at::Tens
     const T* x_base = x.data_ptr<T>();
     const T* w_base = w.data_ptr<T>();
     T* out_base = out.data_ptr<T>();
+    // The v rows of w, per head transposed to (C, ldd) padded rows.
+    const int64_t ldd = padded_length<T>(d);
+    std::vector<T> w_v_t(heads * C * ldd, T(0));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t e = 0; e < d; ++e)
+        for (int64_t c = 0; c < C; ++c) w_v_t[(h * C + c) * ldd + e] = w_base[((2 * heads + h) * d + e) * C + c];
     at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
       Scratch<T> scratch(d, n, /*backward=*/false);
-      std::vector<T> sample(C * scratch.ld, T(0)), qkv(3 * d * scratch.ld, T(0));
+      std::vector<T> sample(C * scratch.ld, T(0)), qk(2 * d * scratch.ld, T(0));
       int64_t gathered = -1;  // consecutive tasks share a sample: gather it once
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / heads, h = i % heads;
@@ -229,8 +245,8 @@ at::Tensor projected_linear_attention_cpu(const at::Tensor& x_in, const at::Tens
           gather_sample<T>(x_base + b * C * n, c_stride, j_stride, sample.data(), C, n, scratch.ld);
           gathered = b;
         }
-        project_head<T>(w_base, sample.data(), qkv.data(), heads, h, d, C, n, scratch.ld);
-        attend_head<T>(HeadSlices<T>(qkv.data(), d, scratch.ld), out_base + i * d * n, scratch, d, n, T(scale));
+        project_and_attend_head<T>(w_base, w_v_t.data(), sample.data(), qk.data(), out_base + i * d * n, scratch,
+                                   heads, h, d, C, n, T(scale));
       }
     });
   });
