@@ -157,10 +157,14 @@ def test_group_norm_act_gradcheck_and_opcheck(act, channels_last):
                            scale.detach(), shift.detach(), act))
 
 
-def test_group_norm_act_statistics_in_float32_are_accurate():
-    # A large offset is where one-pass (sum of squares) statistics lose everything in fp32.
-    x = torch.randn(2, 4, 16, 16, dtype=torch.float64) + 1000
-    y = ops.group_norm_act(x.float(), 2, None, None, None, None, 1e-5, "none")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_group_norm_act_statistics_in_float32_are_accurate(channels_last):
+    # A large offset is where one-pass (sum of squares) statistics lose everything in fp32;
+    # channels with different offsets in one group test how per-channel sums are combined.
+    offsets = torch.tensor([1000.0, -500.0, 1000.0, 3.0], dtype=torch.float64).view(1, 4, 1, 1)
+    x = torch.randn(2, 4, 16, 16, dtype=torch.float64) + offsets
+    x32 = x.float().contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    y = ops.group_norm_act(x32, 2, None, None, None, None, 1e-5, "none")
     torch.testing.assert_close(y.double(), reference.group_norm_act(x, 2, None, None, None, None, 1e-5, "none"),
                                atol=1e-3, rtol=0)
 

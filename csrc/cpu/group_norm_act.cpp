@@ -8,6 +8,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "../checks.h"
@@ -70,25 +72,35 @@ DDPM_FAST_SIMD_CLONES void affine_act(const T* x, T* y, int64_t n, T a, T b) {
   for (int64_t j = 0; j < n; ++j) y[j] = act_forward<A>(a * x[j] + b);
 }
 
-// channels_last: acc[c] += sum over positions of x[j, c] (or of (x - mean[c])^2).
+// channels_last sweeps. A sample is HW rows of C channels; `rows` consecutive rows make one
+// sweep of width W = rows * C, a whole number of vectors (see sweep_rows), so the inner loops
+// run over W contiguous values with per-lane arrays replicated `rows` times and no ragged
+// tail per row (with C = 28, a row alone is 1.75 AVX-512 vectors). Rows past the last full
+// sweep go through the same loop with a narrower width.
+
+// Rows per sweep: 16 / gcd(C, 16), so that rows * C is a multiple of 16 floats (8 doubles).
+inline int64_t sweep_rows(int64_t C) { return 16 / std::gcd(C, int64_t(16)); }
+
+// s1[k] += x - shift[k], s2[k] += (x - shift[k])^2 over `count` values of x, W lanes apart.
 template <typename T>
-DDPM_FAST_SIMD_CLONES void channel_sums(const T* x, int64_t HW, int64_t C, T* acc) {
-  for (int64_t j = 0; j < HW; ++j)
-    for (int64_t c = 0; c < C; ++c) acc[c] += x[j * C + c];
+DDPM_FAST_SIMD_CLONES void shifted_sums(const T* __restrict x, int64_t count, int64_t W, const T* __restrict shift,
+                                        T* __restrict s1, T* __restrict s2) {
+  for (int64_t off = 0; off < count; off += W)
+#pragma omp simd
+    for (int64_t k = 0; k < W; ++k) {
+      const T dev = x[off + k] - shift[k];
+      s1[k] += dev;
+      s2[k] += dev * dev;
+    }
 }
 
-template <typename T>
-DDPM_FAST_SIMD_CLONES void channel_squared_deviations(const T* x, int64_t HW, int64_t C,
-                                                      const T* mean, T* acc) {
-  for (int64_t j = 0; j < HW; ++j)
-    for (int64_t c = 0; c < C; ++c) acc[c] += (x[j * C + c] - mean[c]) * (x[j * C + c] - mean[c]);
-}
-
+// y = act(a[k] * x + b[k]) over `count` values, W lanes apart.
 template <typename T, Act A>
-DDPM_FAST_SIMD_CLONES void channel_affine_act(const T* x, T* y, int64_t HW, int64_t C, const T* a,
-                                              const T* b) {
-  for (int64_t j = 0; j < HW; ++j)
-    for (int64_t c = 0; c < C; ++c) y[j * C + c] = act_forward<A>(a[c] * x[j * C + c] + b[c]);
+DDPM_FAST_SIMD_CLONES void sweep_affine_act(const T* __restrict x, T* __restrict y, int64_t count, int64_t W,
+                                            const T* __restrict a, const T* __restrict b) {
+  for (int64_t off = 0; off < count; off += W)
+#pragma omp simd
+    for (int64_t k = 0; k < W; ++k) y[off + k] = act_forward<A>(a[k] * x[off + k] + b[k]);
 }
 
 // Forward, NCHW: one task per (n, g), whose M elements are contiguous. Two-pass statistics
@@ -115,32 +127,49 @@ void forward_nchw(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
   });
 }
 
-// Forward, channels_last: one task per sample n, whose HW x C block is contiguous; the inner
-// loops run over channels, so they vectorise, and group sums gather per-channel sums.
+// Forward, channels_last: one task per sample n, whose HW x C block is contiguous. The
+// statistics take one pass: per-channel sums of x - x[0, c] and of its square (the shifted-data
+// algorithm: with the shift close to the mean, the one-pass variance stays accurate in
+// float32), combined per group in double. A second pass writes y.
 template <typename T, Act A>
 void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p, int64_t N,
                   int64_t G, int64_t HW, double eps) {
-  const int64_t C = p.C, Cg = C / G;
+  const int64_t C = p.C, Cg = C / G, rows = sweep_rows(C), W = rows * C;
+  const int64_t swept = HW / rows * rows * C;  // values covered by full sweeps
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(C), chan_mean(C), a(C), b(C);
+    std::vector<T> shift(W), s1(W), s2(W), a(W), b(W);
     for (int64_t n = begin; n < end; ++n) {
       const T* xn = x + n * HW * C;
-      std::fill(acc.begin(), acc.end(), T(0));
-      channel_sums(xn, HW, C, acc.data());
+      for (int64_t k = 0; k < W; ++k) shift[k] = xn[k % C];
+      std::fill(s1.begin(), s1.end(), T(0));
+      std::fill(s2.begin(), s2.end(), T(0));
+      shifted_sums<T>(xn, swept, W, shift.data(), s1.data(), s2.data());
+      shifted_sums<T>(xn + swept, HW * C - swept, C, shift.data(), s1.data(), s2.data());
       for (int64_t g = 0; g < G; ++g) {
-        const T mean = sum_of(acc.data() + g * Cg, Cg) / T(Cg * HW);
-        std::fill(chan_mean.begin() + g * Cg, chan_mean.begin() + (g + 1) * Cg, mean);
-      }
-      std::fill(acc.begin(), acc.end(), T(0));
-      channel_squared_deviations(xn, HW, C, chan_mean.data(), acc.data());
-      for (int64_t g = 0; g < G; ++g) {
-        const T mean = chan_mean[g * Cg];
-        const T rstd = T(1) / std::sqrt(sum_of(acc.data() + g * Cg, Cg) / T(Cg * HW) + T(eps));
-        mean_out[n * G + g] = mean;
+        // Per channel: S1 = sum(x - s), S2 = sum((x - s)^2); per group, with mu the mean,
+        // sum((x - mu)^2) = S2 + 2 (s - mu) S1 + HW (s - mu)^2.
+        double total = 0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          double s1c = 0;
+          for (int64_t r = 0; r < rows; ++r) s1c += s1[r * C + c];
+          total += double(shift[c]) * HW + s1c;
+        }
+        const double mean = total / double(Cg * HW);
+        double squares = 0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          double s1c = 0, s2c = 0;
+          for (int64_t r = 0; r < rows; ++r) s1c += s1[r * C + c], s2c += s2[r * C + c];
+          const double offset = double(shift[c]) - mean;
+          squares += s2c + 2 * offset * s1c + double(HW) * offset * offset;
+        }
+        const T rstd = T(1.0 / std::sqrt(std::max(squares, 0.0) / double(Cg * HW) + eps));
+        mean_out[n * G + g] = T(mean);
         rstd_out[n * G + g] = rstd;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) p.fold(n, c, mean, rstd, &a[c], &b[c]);
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) p.fold(n, c, T(mean), rstd, &a[c], &b[c]);
       }
-      channel_affine_act<T, A>(xn, y + n * HW * C, HW, C, a.data(), b.data());
+      for (int64_t k = C; k < W; ++k) a[k] = a[k % C], b[k] = b[k % C];
+      sweep_affine_act<T, A>(xn, y + n * HW * C, swept, W, a.data(), b.data());
+      sweep_affine_act<T, A>(xn + swept, y + n * HW * C + swept, HW * C - swept, C, a.data(), b.data());
     }
   });
 }
