@@ -183,6 +183,18 @@ def op_linear_attention(device, backward):
                         (qkv, 4, 32**-0.5), moved, backward, extra=dict(shape=list(qkv.shape)))
 
 
+def op_projected_linear_attention(device):
+    # The same first LinearAttention with its to_qkv projection, from the channels_last
+    # activations of an accelerated CPU U-Net (the kernel skips the qkv tensor on the CPU).
+    n = 64 if device.type == "cuda" else 16
+    x = torch.randn(n, 28, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    w_qkv = torch.randn(3 * 128, 28, 1, 1, device=device) / 28**0.5
+    moved = x.numel() * 4 + n * 128 * 784 * 4
+    return _op_workload("op-projected_linear_attention-fwd", reference.projected_linear_attention,
+                        ops.projected_linear_attention, (x, w_qkv, 4, 32**-0.5), moved,
+                        extra=dict(shape=list(x.shape)))
+
+
 BUILDERS = {
     "sampling-loop-b64": lambda d: sampling_loop(d, 64),
     "sampling-loop-b1": lambda d: sampling_loop(d, 1),
@@ -193,4 +205,5 @@ BUILDERS = {
     "op-group_norm_act-fwdbwd": lambda d: op_group_norm_act(d, True),
     "op-linear_attention-fwd": lambda d: op_linear_attention(d, False),
     "op-linear_attention-fwdbwd": lambda d: op_linear_attention(d, True),
+    "op-projected_linear_attention-fwd": op_projected_linear_attention,
 }
