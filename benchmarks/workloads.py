@@ -22,7 +22,7 @@ class Workload:
     """One job: ``make(impl)`` returns a zero-argument callable that runs it once."""
 
     group: str
-    make: callable  # impl name ('reference', 'fused', 'fused+graph', 'compile-<mode>') -> callable
+    make: callable  # impl name ('reference', 'fused', 'fused+graph', 'fused+compile', 'compile-<mode>') -> callable
     check: callable  # () -> None, raises if fused and reference disagree
     extra: dict  # sizes and figures recorded in extra_info (bytes, images, steps)
 
@@ -51,8 +51,9 @@ def _models(device):
 
 
 def compiled(model, impl):
-    """torch.compile of the reference model for 'compile-<mode>'."""
-    return torch.compile(model, mode=impl.removeprefix("compile-"))
+    """torch.compile of a model: 'compile-<mode>' of the reference, 'fused+compile' (default
+    mode) of the accelerated one."""
+    return torch.compile(model, mode="default" if impl == "fused+compile" else impl.removeprefix("compile-"))
 
 
 def sampling_loop(device, batch):
@@ -66,6 +67,8 @@ def sampling_loop(device, batch):
     def make(impl):
         if impl.startswith("fused"):
             diffusion, net = GaussianDiffusion(steps, fused=None).to(device), fused_model
+            if impl == "fused+compile":
+                net = compiled(copy.deepcopy(fused_model), impl)
         else:
             diffusion = GaussianDiffusion(steps, fused=False).to(device)
             net = model if impl == "reference" else compiled(copy.deepcopy(model), impl)
@@ -92,8 +95,10 @@ def train_step(device, batch=128):
     noise = torch.randn_like(x)
 
     def make(impl):
-        if impl == "fused":
+        if impl.startswith("fused"):
             net, diffusion = copy.deepcopy(fused_model), GaussianDiffusion(fused=None).to(device)
+            if impl == "fused+compile":
+                net = compiled(net, impl)
         else:
             net, diffusion = copy.deepcopy(model), GaussianDiffusion(fused=False).to(device)
             if impl != "reference":
