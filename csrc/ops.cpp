@@ -52,7 +52,10 @@ TORCH_LIBRARY(ddpm_fast, m) {
   m.def(
       "linear_attention_backward(Tensor grad_out, Tensor qkv, int heads, float scale) -> Tensor");
   // linear_attention(conv1x1(x, w_qkv), heads, scale) without materialising qkv:
-  // x (B, C, H, W), w_qkv (3*heads*d, C, 1, 1) -> (B, heads*d, H, W). CPU kernel only; its
-  // backward is composed from the ops above (ddpm_fast/ops.py).
+  // x (B, C, H, W), w_qkv (3*heads*d, C, 1, 1) -> (B, heads*d, H, W). CPU kernels only.
   m.def("projected_linear_attention(Tensor x, Tensor w_qkv, int heads, float scale) -> Tensor");
+  // Gradient with respect to the (never stored) qkv: (B, 3*heads*d, H, W).
+  m.def(
+      "projected_linear_attention_backward(Tensor grad_out, Tensor x, Tensor w_qkv, int heads, "
+      "float scale) -> Tensor");
 }

@@ -225,6 +225,11 @@ def _register_fakes():
         b, _, h, w = x.shape
         return x.new_empty((b, w_qkv.shape[0] // 3, h, w))
 
+    @torch.library.register_fake("ddpm_fast::projected_linear_attention_backward")
+    def _(grad_out, x, w_qkv, heads, scale):
+        b, _, h, w = x.shape
+        return x.new_empty((b, w_qkv.shape[0], h, w))
+
 
 def _dense_format(x, *others):
     # The elementwise kernels keep x's layout when every input shares it, else go contiguous.
@@ -305,18 +310,22 @@ def _register_autograd():
         ctx.save_for_backward(x, w_qkv)
 
     def pla_backward(ctx, grad_out):
-        # The forward kept no qkv: recompute it, then chain the core's backward and the GEMMs'.
+        # The kernel recomputes q, k, v in cache and returns the gradient of the qkv the forward
+        # never stored; the projection's two gradients are batched GEMMs from there.
         x, w_qkv = ctx.saved_tensors
-        qkv = conv1x1(x, w_qkv)
-        grad_qkv = torch.ops.ddpm_fast.linear_attention_backward(
-            grad_out.contiguous(), qkv, ctx.heads, ctx.scale
+        grad_qkv = torch.ops.ddpm_fast.projected_linear_attention_backward(
+            grad_out, x, w_qkv, ctx.heads, ctx.scale
         )
-        w2d = w_qkv.reshape(w_qkv.shape[0], x.shape[1])
+        b, c, h, w = x.shape
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
+            w2d = w_qkv.reshape(w_qkv.shape[0], c)
             grad_x = conv1x1(grad_qkv, w2d.t(), channels_last_out=_kernel_format(x) == torch.channels_last)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.einsum("bohw,bchw->oc", grad_qkv, x).reshape(w_qkv.shape)
+            # sum_b grad_qkv[b] (O, HW) @ x[b]^T (HW, C); x as (B, HW, C) is a view in either
+            # layout, so nothing is copied (einsum permuted grad_qkv into a copy first).
+            x_t = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            grad_w = torch.bmm(grad_qkv.reshape(b, w_qkv.shape[0], h * w), x_t).sum(0).reshape(w_qkv.shape)
         return grad_x, grad_w, None, None
 
     torch.library.register_autograd(

@@ -257,6 +257,23 @@ def test_projected_linear_attention_gradcheck_and_opcheck():
     torch.library.opcheck(torch.ops.ddpm_fast.projected_linear_attention, (x, weight, 2, 0.5))
     x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     torch.library.opcheck(torch.ops.ddpm_fast.projected_linear_attention, (x_cl, weight, 2, 0.5))
+    grad = torch.randn(2, 8, 3, 5, dtype=torch.float64)
+    for g in (grad, grad.to(memory_format=torch.channels_last)):
+        torch.library.opcheck(torch.ops.ddpm_fast.projected_linear_attention_backward,
+                              (g, x_cl.detach(), weight.detach(), 2, 0.5))
+
+
+@pytest.mark.parametrize("x_layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("grad_layout", ["nchw", "channels_last", "strided"])
+def test_projected_linear_attention_backward_reads_every_grad_layout(x_layout, grad_layout):
+    # The accelerated U-Net hands the kernel a channels_last grad_out (from to_out's GEMM).
+    x = layouts(torch.randn(2, 12, 5, 6, dtype=torch.float64))[x_layout]
+    weight = torch.randn(3 * 2 * 8, 12, 1, 1, dtype=torch.float64) / 2
+    grad = layouts(torch.randn(2, 16, 5, 6, dtype=torch.float64))[grad_layout]
+    qkv = torch.nn.functional.conv2d(x, weight).requires_grad_()
+    reference.linear_attention(qkv, 2, 0.3).backward(grad)
+    got = torch.ops.ddpm_fast.projected_linear_attention_backward(grad, x, weight, 2, 0.3)
+    torch.testing.assert_close(got, qkv.grad)
 
 
 def test_projected_linear_attention_bad_input():
@@ -271,6 +288,9 @@ def test_projected_linear_attention_bad_input():
         torch.ops.ddpm_fast.projected_linear_attention(x, torch.randn(24, 6, 1, 1).double(), 2, 1.0)
     with pytest.raises(RuntimeError, match=r"expected x of shape \(B, C, H, W\)"):
         torch.ops.ddpm_fast.projected_linear_attention(x[0], torch.randn(24, 6, 1, 1), 2, 1.0)
+    with pytest.raises(RuntimeError, match=r"grad_out must have shape \(1, 8, 2, 2\)"):
+        torch.ops.ddpm_fast.projected_linear_attention_backward(torch.randn(1, 8, 2, 3), x,
+                                                                torch.randn(24, 6, 1, 1), 2, 1.0)
 
 
 # ---------------------------------------------------------------- torch.compile

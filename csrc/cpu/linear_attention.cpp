@@ -144,17 +144,28 @@ DDPM_FAST_SIMD_CLONES void attend_head(HeadSlices<T> in, T* out, Scratch<T>& s, 
   attend<T>(in.q, in.k, in.ld, out, s, d, n, scale);
 }
 
-// Backward of one (b, h), with C' = scale * K v^T and g = grad_out:
+// The head's slice of grad_out, channel e of position j at g[e * c_stride + j * j_stride]
+// (NCHW or channels_last), into s.g as (d, ld) rows and s.g_t as (n, ldd) rows.
+template <typename T>
+DDPM_FAST_INLINE void load_grad(const T* g, int64_t c_stride, int64_t j_stride, Scratch<T>& s, int64_t d,
+                                int64_t n) {
+  if (j_stride == 1) {
+    copy_rows<T>(g, c_stride, s.g.data(), d, n, s.ld);
+    transpose_rows<T>(g, c_stride, s.g_t.data(), d, n, s.ldd);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) std::copy(g + j * j_stride, g + j * j_stride + d, s.g_t.data() + j * s.ldd);
+  transpose_rows<T>(g, j_stride, s.g.data(), n, d, s.ld);  // (n, d) rows j_stride apart
+}
+
+// Backward of one (b, h) from q and k (rows ld_in apart) and v, v^T, g = grad_out, g^T
+// already in s, with C' = scale * K v^T:
 //   dSq = C' g, dC' = scale * Sq g^T, dK = dC' v, dv = dC'^T K, then the two softmax backwards.
 template <typename T>
-DDPM_FAST_SIMD_CLONES void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad, const T* grad_out,
-                                                Scratch<T>& s, int64_t d, int64_t n, T scale) {
+DDPM_FAST_INLINE void attend_backward(const T* q, const T* k, int64_t ld_in, HeadSlices<T> grad, Scratch<T>& s,
+                                      int64_t d, int64_t n, T scale) {
   const int64_t ld = s.ld, ldd = s.ldd;
-  softmax_pair<T>(in.q, in.k, in.ld, s.sq.data(), s.kk.data(), d, n, ld, s.col.data());
-  copy_rows<T>(in.v, in.ld, s.v.data(), d, n, ld);
-  transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, ldd);
-  copy_rows<T>(grad_out, n, s.g.data(), d, n, ld);
-  transpose_rows<T>(grad_out, n, s.g_t.data(), d, n, ldd);
+  softmax_pair<T>(q, k, ld_in, s.sq.data(), s.kk.data(), d, n, ld, s.col.data());
   small_gemm<T>(s.kk.data(), ld, 1, s.v_t.data(), ldd, s.ctx.data(), ldd, d, n, d);
   scale_in_place<T>(s.ctx.data(), d * ldd, scale);
   small_gemm<T>(s.ctx.data(), ldd, 1, s.g.data(), ld, s.dsq.data(), ld, d, d, n);
@@ -166,30 +177,13 @@ DDPM_FAST_SIMD_CLONES void attend_head_backward(HeadSlices<T> in, HeadSlices<T> 
                            s.col.data());
 }
 
-// Sample b of x, (C, n) with the given strides (NCHW or channels_last), into padded rows.
 template <typename T>
-DDPM_FAST_INLINE void gather_sample(const T* x, int64_t c_stride, int64_t j_stride, T* rows, int64_t C, int64_t n,
-                                    int64_t ld) {
-  if (j_stride == 1) {
-    copy_rows<T>(x, c_stride, rows, C, n, ld);
-    return;
-  }
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t c = 0; c < C; ++c) rows[c * ld + j] = x[j * j_stride + c * c_stride];
-}
-
-// Forward of one (b, h) of projected_linear_attention, from the gathered sample (C x ld):
-// q and k, each (d x C) rows of w times the sample, into two (d, ld) blocks of qk; v^T
-// straight into s.v_t as the sample^T times the head's block of w_v_t (C, ldd), so it needs
-// no transpose.
-template <typename T>
-DDPM_FAST_SIMD_CLONES void project_and_attend_head(const T* w, const T* w_v_t, const T* sample, T* qk, T* out,
-                                                   Scratch<T>& s, int64_t heads, int64_t h, int64_t d, int64_t C,
-                                                   int64_t n, T scale) {
-  for (int64_t part = 0; part < 2; ++part)
-    small_gemm<T>(w + (part * heads + h) * d * C, C, 1, sample, s.ld, qk + part * d * s.ld, s.ld, d, C, n);
-  small_gemm<T>(sample, 1, s.ld, w_v_t + h * C * s.ldd, s.ldd, s.v_t.data(), s.ldd, n, C, d);
-  attend<T>(qk, qk + d * s.ld, s.ld, out, s, d, n, scale);
+DDPM_FAST_SIMD_CLONES void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad, const T* grad_out,
+                                                Scratch<T>& s, int64_t d, int64_t n, T scale) {
+  copy_rows<T>(in.v, in.ld, s.v.data(), d, n, s.ld);
+  transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
+  load_grad<T>(grad_out, n, 1, s, d, n);
+  attend_backward<T>(in.q, in.k, in.ld, grad, s, d, n, scale);
 }
 
 at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double scale) {
@@ -206,48 +200,6 @@ at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double 
       Scratch<T> scratch(d, n, /*backward=*/false);
       for (int64_t i = begin; i < end; ++i)
         attend_head<T>(HeadSlices<T>(base, i, heads, d, n), out_base + i * d * n, scratch, d, n, T(scale));
-    });
-  });
-  return out;
-}
-
-// linear_attention(conv1x1(x, w_qkv)) with the projection done per (b, h) in scratch, so the
-// (B, 3 * heads * d, H, W) qkv tensor, three times the output, never reaches memory.
-at::Tensor projected_linear_attention_cpu(const at::Tensor& x_in, const at::Tensor& w_qkv, int64_t heads,
-                                          double scale) {
-  check_projected_linear_attention_args(x_in, w_qkv, heads);
-  const bool channels_last = !x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor x = channels_last ? x_in : x_in.contiguous();
-  const int64_t B = x.size(0), C = x.size(1), n = x.size(2) * x.size(3);
-  const int64_t d = w_qkv.size(0) / (3 * heads);
-  const at::Tensor w = w_qkv.reshape({w_qkv.size(0), C}).contiguous();
-  const int64_t c_stride = channels_last ? 1 : n, j_stride = channels_last ? C : 1;
-  at::Tensor out = at::empty({B, heads * d, x.size(2), x.size(3)}, x.options());
-  if (out.numel() == 0) return out.zero_();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "projected_linear_attention", [&] {
-    using T = scalar_t;
-    const T* x_base = x.data_ptr<T>();
-    const T* w_base = w.data_ptr<T>();
-    T* out_base = out.data_ptr<T>();
-    // The v rows of w, per head transposed to (C, ldd) padded rows.
-    const int64_t ldd = padded_length<T>(d);
-    std::vector<T> w_v_t(heads * C * ldd, T(0));
-    for (int64_t h = 0; h < heads; ++h)
-      for (int64_t e = 0; e < d; ++e)
-        for (int64_t c = 0; c < C; ++c) w_v_t[(h * C + c) * ldd + e] = w_base[((2 * heads + h) * d + e) * C + c];
-    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-      Scratch<T> scratch(d, n, /*backward=*/false);
-      std::vector<T> sample(C * scratch.ld, T(0)), qk(2 * d * scratch.ld, T(0));
-      int64_t gathered = -1;  // consecutive tasks share a sample: gather it once
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t b = i / heads, h = i % heads;
-        if (b != gathered) {
-          gather_sample<T>(x_base + b * C * n, c_stride, j_stride, sample.data(), C, n, scratch.ld);
-          gathered = b;
-        }
-        project_and_attend_head<T>(w_base, w_v_t.data(), sample.data(), qk.data(), out_base + i * d * n, scratch,
-                                   heads, h, d, C, n, T(scale));
-      }
     });
   });
   return out;
@@ -278,12 +230,164 @@ at::Tensor linear_attention_backward_cpu(const at::Tensor& grad_out, const at::T
   return grad_qkv;
 }
 
+// ---- projected_linear_attention: the same per-(b, h) work with q, k, v projected from x
+// in scratch, so the (B, 3 * heads * d, H, W) qkv tensor, three times the output, never
+// reaches memory.
+
+// Sample b of x, (C, n) with the given strides (NCHW or channels_last), into padded rows.
+template <typename T>
+DDPM_FAST_INLINE void gather_sample(const T* x, int64_t c_stride, int64_t j_stride, T* rows, int64_t C, int64_t n,
+                                    int64_t ld) {
+  if (j_stride == 1) {
+    copy_rows<T>(x, c_stride, rows, C, n, ld);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < C; ++c) rows[c * ld + j] = x[j * j_stride + c * c_stride];
+}
+
+// The q and k of head h, each (d x C) rows of w times the gathered sample (C x ld), into two
+// (d, ld) blocks of qk; v^T straight into s.v_t as the sample^T times the head's block of
+// w_v_t (C, ldd), so it needs no transpose.
+template <typename T>
+DDPM_FAST_INLINE void project_head(const T* w, const T* w_v_t, const T* sample, T* qk, Scratch<T>& s,
+                                   int64_t heads, int64_t h, int64_t d, int64_t C, int64_t n) {
+  for (int64_t part = 0; part < 2; ++part)
+    small_gemm<T>(w + (part * heads + h) * d * C, C, 1, sample, s.ld, qk + part * d * s.ld, s.ld, d, C, n);
+  small_gemm<T>(sample, 1, s.ld, w_v_t + h * C * s.ldd, s.ldd, s.v_t.data(), s.ldd, n, C, d);
+}
+
+template <typename T>
+DDPM_FAST_SIMD_CLONES void project_and_attend_head(const T* w, const T* w_v_t, const T* sample, T* qk, T* out,
+                                                   Scratch<T>& s, int64_t heads, int64_t h, int64_t d, int64_t C,
+                                                   int64_t n, T scale) {
+  project_head<T>(w, w_v_t, sample, qk, s, heads, h, d, C, n);
+  attend<T>(qk, qk + d * s.ld, s.ld, out, s, d, n, scale);
+}
+
+// Backward of one (b, h): the forward's projections plus v's rows (dK needs them), the head's
+// slice of grad_out (g, strides g_c and g_j), then the shared backward into grad's slices.
+template <typename T>
+DDPM_FAST_SIMD_CLONES void project_and_attend_head_backward(const T* w, const T* w_v_t, const T* sample, T* qk,
+                                                            const T* g, int64_t g_c, int64_t g_j, HeadSlices<T> grad,
+                                                            Scratch<T>& s, int64_t heads, int64_t h, int64_t d,
+                                                            int64_t C, int64_t n, T scale) {
+  project_head<T>(w, w_v_t, sample, qk, s, heads, h, d, C, n);
+  small_gemm<T>(w + (2 * heads + h) * d * C, C, 1, sample, s.ld, s.v.data(), s.ld, d, C, n);
+  load_grad<T>(g, g_c, g_j, s, d, n);
+  attend_backward<T>(qk, qk + d * s.ld, s.ld, grad, s, d, n, scale);
+}
+
+// What the forward and backward share: x in a layout the kernel reads (channels_last or
+// contiguous NCHW), w_qkv as (3 * heads * d, C), and the sizes.
+struct ProjectedProblem {
+  at::Tensor x, w;
+  int64_t B, C, H, W, n, heads, d;
+  int64_t c_stride, j_stride;  // element (c, j) of sample b at b * C * n + c * c_stride + j * j_stride
+  ProjectedProblem(const at::Tensor& x_in, const at::Tensor& w_qkv, int64_t heads) : heads(heads) {
+    check_projected_linear_attention_args(x_in, w_qkv, heads);
+    const bool channels_last = is_channels_last_only(x_in);
+    x = channels_last ? x_in : x_in.contiguous();
+    B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), n = H * W;
+    d = w_qkv.size(0) / (3 * heads);
+    w = w_qkv.reshape({w_qkv.size(0), C}).contiguous();
+    c_stride = channels_last ? 1 : n;
+    j_stride = channels_last ? C : 1;
+  }
+
+  // Runs task(i, h, sample, qk, scratch) for every task i = b * heads + h, in parallel, with
+  // sample b gathered into padded rows (once for consecutive tasks of one sample).
+  template <typename T, typename Task>
+  void for_each_head(bool backward, const Task& task) const {
+    const T* x_base = x.data_ptr<T>();
+    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+      Scratch<T> scratch(d, n, backward);
+      std::vector<T> sample(C * scratch.ld, T(0)), qk(2 * d * scratch.ld, T(0));
+      int64_t gathered = -1;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / heads;
+        if (b != gathered) {
+          gather_sample<T>(x_base + b * C * n, c_stride, j_stride, sample.data(), C, n, scratch.ld);
+          gathered = b;
+        }
+        task(i, i % heads, sample.data(), qk.data(), scratch);
+      }
+    });
+  }
+
+  // The v rows of w, per head transposed to (C, ldd) padded rows.
+  template <typename T>
+  std::vector<T> v_weights_transposed() const {
+    const int64_t ldd = padded_length<T>(d);
+    const T* w_base = w.data_ptr<T>();
+    std::vector<T> w_v_t(heads * C * ldd, T(0));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t e = 0; e < d; ++e)
+        for (int64_t c = 0; c < C; ++c) w_v_t[(h * C + c) * ldd + e] = w_base[((2 * heads + h) * d + e) * C + c];
+    return w_v_t;
+  }
+};
+
+at::Tensor projected_linear_attention_cpu(const at::Tensor& x_in, const at::Tensor& w_qkv, int64_t heads,
+                                          double scale) {
+  const ProjectedProblem p(x_in, w_qkv, heads);
+  at::Tensor out = at::empty({p.B, heads * p.d, p.H, p.W}, p.x.options());
+  if (out.numel() == 0) return out.zero_();
+  AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "projected_linear_attention", [&] {
+    using T = scalar_t;
+    const T* w = p.w.data_ptr<T>();
+    const std::vector<T> w_v_t = p.v_weights_transposed<T>();
+    T* out_base = out.data_ptr<T>();
+    p.for_each_head<T>(false, [&](int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s) {
+      project_and_attend_head<T>(w, w_v_t.data(), sample, qk, out_base + i * p.d * p.n, s, heads, h, p.d, p.C,
+                                 p.n, T(scale));
+    });
+  });
+  return out;
+}
+
+// Gradient of projected_linear_attention with respect to the qkv it never stored:
+// (B, 3 * heads * d, H, W), NCHW. grad_out may be NCHW or channels_last (as the to_out
+// GEMM's backward leaves it).
+at::Tensor projected_linear_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in,
+                                                   const at::Tensor& w_qkv, int64_t heads, double scale) {
+  const ProjectedProblem p(x_in, w_qkv, heads);
+  const int64_t hidden = heads * p.d;
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == p.B && grad_out.size(1) == hidden &&
+                  grad_out.size(2) == p.H && grad_out.size(3) == p.W,
+              "projected_linear_attention_backward: grad_out must have shape (", p.B, ", ", hidden, ", ", p.H, ", ",
+              p.W, "), got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == p.x.scalar_type(), "projected_linear_attention_backward: grad_out must have "
+              "x's dtype ", p.x.scalar_type(), ", got ", grad_out.scalar_type());
+  const bool g_channels_last = is_channels_last_only(grad_out);
+  const at::Tensor g = g_channels_last ? grad_out : grad_out.contiguous();
+  at::Tensor grad_qkv = at::empty({p.B, 3 * hidden, p.H, p.W}, p.x.options());
+  if (grad_qkv.numel() == 0) return grad_qkv;
+  AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "projected_linear_attention_backward", [&] {
+    using T = scalar_t;
+    const T* w = p.w.data_ptr<T>();
+    const std::vector<T> w_v_t = p.v_weights_transposed<T>();
+    const T* g_base = g.data_ptr<T>();
+    T* grad_base = grad_qkv.data_ptr<T>();
+    const int64_t g_c = g_channels_last ? 1 : p.n, g_j = g_channels_last ? hidden : 1;
+    p.for_each_head<T>(true, [&](int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s) {
+      const int64_t b = i / heads;
+      const T* gh = g_base + b * hidden * p.n + h * p.d * g_c;
+      project_and_attend_head_backward<T>(w, w_v_t.data(), sample, qk, gh, g_c, g_j,
+                                          HeadSlices<T>(grad_base, i, heads, p.d, p.n), s, heads, h, p.d, p.C, p.n,
+                                          T(scale));
+    });
+  });
+  return grad_qkv;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
   m.impl("linear_attention", &linear_attention_cpu);
   m.impl("linear_attention_backward", &linear_attention_backward_cpu);
   m.impl("projected_linear_attention", &projected_linear_attention_cpu);
+  m.impl("projected_linear_attention_backward", &projected_linear_attention_backward_cpu);
 }
 
 }  // namespace ddpm_fast
