@@ -129,7 +129,9 @@ def train(config, resume=False, progress=True):
         from .fused import accelerate
 
         accelerate(model)  # in place; the state_dict keys stay the seed's
-    diffusion = GaussianDiffusion(config.timesteps, config.beta_schedule).to(device)
+    # --no-accelerate trains the pure-PyTorch reference: the diffusion's q_sample too.
+    diffusion = GaussianDiffusion(config.timesteps, config.beta_schedule,
+                                  fused=None if config.accelerate else False).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema_decay else None
     step, history = 0, []

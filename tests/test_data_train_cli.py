@@ -72,6 +72,14 @@ def test_short_training_run_lowers_the_loss_and_resumes(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 130
 
 
+def test_no_accelerate_trains_the_pure_reference(tmp_path):
+    config = TrainConfig(image_size=8, dim=8, dim_mults=(1, 2), batch_size=16, steps=1,
+                         num_samples=4, timesteps=10, accelerate=False, out_dir=str(tmp_path))
+    model, diffusion, _ = train(config, progress=False)
+    assert not diffusion.fused
+    assert not any(type(m).__name__.startswith("Fused") for m in model.modules())
+
+
 def test_cli_train_sample_animate_noise(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--steps", "3",
