@@ -101,3 +101,38 @@ def plot_noising(diffusion, image, path, timesteps=(0, 50, 100, 150, 199), seed=
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_loss_curve(steps, losses, path, title="training loss"):
+    """The loss curve of a run as a PNG: every logged loss (thin, light) and their running mean
+    over a twentieth of the run (thick), on a log scale, where a falling loss stays visible
+    long after the first steps' big drop.
+
+    steps, losses: equal-length sequences (the ``step`` and ``loss`` columns of metrics.csv).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(steps) != len(losses):
+        raise ValueError(f"steps and losses must have equal lengths, got {len(steps)} and {len(losses)}")
+    steps, losses = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=0.8, label="logged loss")
+    window = max(1, len(losses) // 20)
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="tab:blue", linewidth=2,
+                label=f"running mean of {window}")
+    if len(losses) and losses.min() > 0:
+        ax.set_yscale("log")
+    ax.set(xlabel="optimizer step", ylabel="loss", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
