@@ -1,6 +1,7 @@
 """The ``ddpm-fast`` command: train, sample, noise (the q_sample figure) and animate."""
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -9,8 +10,12 @@ import torch
 
 from .data import DATASETS, DataError, load_dataset
 from .diffusion import LOSS_TYPES, GaussianDiffusion
+from .distributed import env_rank
+from .precision import PRECISIONS
+from .record import METRICS_NAME
 from .schedules import BETA_SCHEDULES
-from .train import TrainConfig, load_checkpoint, model_from_checkpoint, pick_device, train
+from .train import (LOSS_CURVE_NAME, TrainConfig, load_checkpoint, model_from_checkpoint,
+                    pick_device, train)
 from .viz import plot_noising, save_denoising_gif, save_grid
 
 
@@ -24,10 +29,33 @@ def _dim_mults(text):
     return mults
 
 
+_TRAIN_EPILOG = f"""\
+several processes:
+  The same command runs under torchrun, one process per GPU (or per CPU socket):
+    torchrun --nproc_per_node 4 -m ddpm_fast.cli train ...
+  --batch-size is the global batch: each of N processes takes batch-size / N images a step
+  (batch-size / (N * K) per micro-batch with --grad-accum K), so the result does not depend
+  on N. Rank 0 alone prints and writes files; --resume loads its checkpoint on every rank.
+
+what --out holds:
+  checkpoint.pt      weights (EMA too), optimizer, step; loads in one process or many
+  sample-<k>.png     a sample grid every --save-every steps, all from the same noise
+  {METRICS_NAME}        a row every --log-every steps: step, loss (the mean over the global
+                     batch), lr, images_per_s (all processes together, checkpoints and
+                     grids left out)
+  {LOSS_CURVE_NAME}     the loss column against step, redrawn with every sample grid, on a
+                     log scale: thin line each logged loss (noisy: one batch each), thick
+                     line their running mean. It should fall steeply, then slowly; a thick
+                     line that rises, or turns to nan, calls for a lower --lr.
+"""
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="train a U-Net and write checkpoints and sample grids",
-                       description="Train the seed's U-Net with DDPM. Writes checkpoint.pt and "
-                       "sample-*.png into --out.")
+                       description="Train the seed's U-Net with DDPM, in one process or under "
+                       "torchrun. Writes checkpoint.pt, sample-*.png, metrics.csv and "
+                       "loss-curve.png into --out.",
+                       epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig()
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
                    help="digits: scikit-learn's bundled 8x8 digits, offline (default); "
@@ -45,9 +73,18 @@ def _add_train(sub):
     p.add_argument("--timesteps", type=int, default=d.timesteps)
     p.add_argument("--schedule", choices=sorted(BETA_SCHEDULES), default=d.beta_schedule)
     p.add_argument("--loss", choices=LOSS_TYPES, default=d.loss_type)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="global batch: images per optimizer step, over all processes "
+                   f"(default {d.batch_size})")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, metavar="K",
+                   help="accumulate gradients over K micro-batches per optimizer step (default 1)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32 (default), or autocast to bf16, or to fp16 with a GradScaler")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (first steps slower)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in all")
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help=f"log the loss and a {METRICS_NAME} row every N steps (default {d.log_every})")
     p.add_argument("--ema-decay", type=float, help="keep EMA weights with this decay, e.g. 0.995")
     p.add_argument("--save-every", type=int, default=d.save_and_sample_every,
                    help="checkpoint and sample grid every N steps")
@@ -56,6 +93,9 @@ def _add_train(sub):
     p.add_argument("--no-accelerate", action="store_true", help="train the pure-PyTorch reference")
     p.add_argument("--out", default=d.out_dir, help="results folder (default: results)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--dist-timeout", type=float, default=d.dist_timeout_s, metavar="SECONDS",
+                   help="under torchrun, how long a process waits for the others before the "
+                   f"job fails (default {d.dist_timeout_s:.0f})")
     p.set_defaults(run=_run_train)
 
 
@@ -64,15 +104,25 @@ def _run_train(args):
         dataset=args.dataset, data_dir=args.data_dir, download=args.download,
         image_size=args.image_size, hflip=args.hflip, dim=args.dim, dim_mults=args.dim_mults,
         use_convnext=not args.resnet, resnet_block_groups=args.groups, timesteps=args.timesteps,
-        beta_schedule=args.schedule, loss_type=args.loss, batch_size=args.batch_size, lr=args.lr,
-        steps=args.steps, ema_decay=args.ema_decay, save_and_sample_every=args.save_every,
-        seed=args.seed, device=args.device, accelerate=not args.no_accelerate, out_dir=args.out,
+        beta_schedule=args.schedule, loss_type=args.loss, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, precision=args.precision, compile=args.compile, lr=args.lr,
+        steps=args.steps, log_every=args.log_every, ema_decay=args.ema_decay,
+        save_and_sample_every=args.save_every, seed=args.seed, device=args.device,
+        accelerate=not args.no_accelerate, out_dir=args.out, dist_timeout_s=args.dist_timeout,
     )
+    # Under torchrun (which names a file for it), record() hands a failing rank's exception to
+    # the launcher, whose summary then names the rank and shows its traceback.
+    run = train
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        run = record(train)
     start = time.perf_counter()
-    _, _, history = train(config, resume=args.resume)
+    _, _, history = run(config, resume=args.resume)
     elapsed = time.perf_counter() - start
-    print(f"trained {config.steps} steps in {elapsed:.0f} s; last logged loss "
-          f"{history[-1][1]:.4f} at step {history[-1][0]}; wrote {Path(args.out) / 'checkpoint.pt'}")
+    if env_rank() == 0:  # rank 0 alone speaks
+        print(f"trained {config.steps} steps in {elapsed:.0f} s; last logged loss "
+              f"{history[-1][1]:.4f} at step {history[-1][0]}; wrote {Path(args.out) / 'checkpoint.pt'}")
 
 
 def _add_sampling_args(p):

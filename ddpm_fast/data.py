@@ -2,7 +2,7 @@
 scikit-learn's bundled 8x8 digits, the offline default.
 
 Every source becomes an :class:`ImageSet`: all images in memory as a float tensor
-(N, 1, H, W) scaled to [-1, 1], batched with the seed's random horizontal flip.
+(N, 1, H, W) scaled to [-1, 1], dealt to the training processes by a ``DistributedSampler``.
 """
 
 import gzip
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
 
 DATASETS = ("digits", "fashion_mnist")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -102,8 +103,9 @@ def load_digits_images():
 class ImageSet:
     """All images in memory: ``images: (N, 1, H, W)`` float32 in [-1, 1].
 
-    ``batches`` yields shuffled batches forever, each image flipped left-right with
-    probability 1/2 when ``hflip`` is set (the seed's RandomHorizontalFlip).
+    ``hflip`` says whether training flips images left-right with probability 1/2 (the seed's
+    RandomHorizontalFlip); the flips themselves are drawn by the training loop, with the
+    diffusion noise, so that they do not depend on the number of processes.
     """
 
     def __init__(self, images, name, hflip):
@@ -118,18 +120,37 @@ class ImageSet:
     def image_size(self):
         return self.images.shape[-1]
 
-    def batches(self, batch_size, generator=None):
-        n = len(self)
-        if batch_size > n:
-            raise ValueError(f"batch_size={batch_size} exceeds the {n} images of {self.name}")
+    def to(self, device):
+        """The same set with its images on ``device`` (train on the GPU without per-step copies)."""
+        return ImageSet(self.images.to(device), self.name, self.hflip)
+
+    def step_indices(self, batch_size, rank=0, world_size=1, seed=0, start_step=0):
+        """Yield forever, from optimizer step ``start_step`` on, the indices of this rank's
+        share of each step's global batch of ``batch_size`` images: int64 (batch_size // world_size,).
+
+        A ``DistributedSampler`` seeded with ``seed`` (``set_epoch`` at every pass) deals each
+        epoch's shuffled order round-robin to the ranks, so image j of rank r is image
+        ``j * world_size + r`` of the global batch, and a step's global batch is the same images
+        whatever the number of ranks: the next ``batch_size`` of the epoch's order. An epoch
+        has ``len(self) // batch_size`` steps; the few images left over are skipped, as with
+        ``drop_last``. Where a step falls depends on ``start_step`` alone, so a resumed run sees
+        what an uninterrupted one would.
+        """
+        if batch_size > len(self):
+            raise ValueError(f"batch_size={batch_size} exceeds the {len(self)} images of {self.name}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of the {world_size} processes")
+        sampler = DistributedSampler(self, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=seed, drop_last=True)
+        per_rank = batch_size // world_size
+        steps_per_epoch = len(self) // batch_size
+        epoch, skip = divmod(start_step, steps_per_epoch)
         while True:
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n - batch_size + 1, batch_size):
-                batch = self.images[order[start : start + batch_size]]
-                if self.hflip:
-                    flip = torch.rand(batch_size, generator=generator) < 0.5
-                    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
-                yield batch
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler), dtype=torch.long)
+            for step in range(skip, steps_per_epoch):
+                yield order[step * per_rank : (step + 1) * per_rank]
+            epoch, skip = epoch + 1, 0
 
 
 def to_model_range(images_uint8, image_size):

@@ -1,0 +1,112 @@
+"""Training under torchrun on the CPU (gloo): 2 processes against 1, a DDP checkpoint in a
+single-process `sample`, a rank that dies, and how the data are dealt to the ranks."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+import torch
+
+import jobs
+from ddpm_fast import cli
+from ddpm_fast.data import load_dataset
+from ddpm_fast.record import METRICS_NAME, read_metrics
+from ddpm_fast.train import TrainConfig, load_checkpoint, train
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+# 4 optimizer steps of a global batch of 16: under 2 processes with --grad-accum 2, each rank
+# runs 2 micro-batches of 4 per step, and DDP all-reduces once per step.
+STEPS, BATCH = 4, 16
+EMA = 0.9
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    code, output = jobs.run(jobs.TINY + [
+        "--batch-size", str(BATCH), "--grad-accum", "2", "--steps", str(STEPS), "--log-every", "1",
+        "--save-every", "2", "--ema-decay", str(EMA), "--out", str(out)], nproc=2)
+    assert code == 0, output
+    return out, output
+
+
+def test_two_gloo_processes_train_like_one_with_the_combined_batch(ddp_run, tmp_path):
+    out, output = ddp_run
+    model, _, history = train(TrainConfig(
+        image_size=8, dim=8, dim_mults=(1, 2), timesteps=10, device="cpu", batch_size=BATCH,
+        steps=STEPS, log_every=1, save_and_sample_every=2, ema_decay=EMA, num_samples=4,
+        out_dir=str(tmp_path)), progress=False)
+    ddp = load_checkpoint(out / "checkpoint.pt")
+    single = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert list(ddp["model"]) == list(model.state_dict())  # no 'module.' prefix
+    # Splitting a batch in four changes float rounding (the reduction orders), and Adam's
+    # update of the parameters whose gradients are near zero magnifies it: 2e-5 is 1/200 of
+    # the distance lr = 1e-3 moves a parameter in 4 steps.
+    for key in ("model", "ema"):
+        for name, value in single[key].items():
+            torch.testing.assert_close(ddp[key][name], value, rtol=0, atol=2e-5, msg=f"{key} {name}")
+    assert [s for s, _ in ddp["history"]] == [s for s, _ in history] == list(range(STEPS))
+    torch.testing.assert_close(torch.tensor([loss for _, loss in ddp["history"]]),
+                               torch.tensor([loss for _, loss in history]), rtol=1e-5, atol=0)
+    # Rank 0 alone prints and records.
+    assert output.count("step 0: loss") == 1 and output.count("trained 4 steps") == 1
+    assert [row["step"] for row in read_metrics(out / METRICS_NAME)] == list(range(STEPS))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt", "loss-curve.png", METRICS_NAME, "sample-1.png", "sample-final.png"]
+
+
+def test_a_ddp_checkpoint_samples_in_a_single_process(ddp_run, tmp_path):
+    out, _ = ddp_run
+    grid = tmp_path / "samples.png"
+    assert cli.main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--num", "4",
+                     "--device", "cpu", "--out", str(grid)]) == 0
+    assert grid.stat().st_size > 0
+
+
+@linux_only
+def test_a_rank_that_dies_ends_the_job_with_a_clear_message(tmp_path):
+    job = jobs.start(jobs.TINY + ["--batch-size", "16", "--steps", "1000000", "--log-every", "1",
+                                  "--save-every", "1000000", "--out", str(tmp_path)], nproc=2)
+    metrics = tmp_path / METRICS_NAME
+    jobs.wait_for(lambda: metrics.is_file() and len(read_metrics(metrics)) >= 3, job, 120,
+                  "the first training steps")
+    ranks = jobs.children_by_rank(job.pid)
+    assert sorted(ranks) == [0, 1], ranks
+    os.kill(ranks[1], signal.SIGKILL)
+    killed = time.monotonic()
+    code, output = jobs.finish(job, timeout=60)
+    assert code != 0
+    assert time.monotonic() - killed < 30, "the job hung after a rank died"
+    # torchrun's summary names the rank that failed first, and how.
+    assert "Root Cause (first observed failure)" in output, output[-3000:]
+    root_cause = output.split("Root Cause (first observed failure)")[1]
+    assert "rank      : 1" in root_cause and "SIGKILL" in root_cause, root_cause
+
+
+def test_ranks_share_out_each_global_batch_whatever_their_number():
+    data = load_dataset("digits", image_size=8)
+    one = data.step_indices(48, seed=3)
+    two = [data.step_indices(48, rank=r, world_size=2, seed=3) for r in range(2)]
+    steps_per_epoch = len(data) // 48
+    for step in range(steps_per_epoch + 2):  # across an epoch boundary
+        whole = next(one)
+        halves = [next(rank) for rank in two]
+        # Image j of rank r is image 2j + r of the global batch.
+        assert torch.equal(torch.stack(halves, 1).reshape(-1), whole), step
+        assert len(set(whole.tolist())) == 48
+    # Starting at a step gives what running up to it would have given.
+    later = data.step_indices(48, rank=1, world_size=2, seed=3, start_step=steps_per_epoch + 2)
+    assert torch.equal(next(later), next(two[1]))
+
+
+def test_the_global_batch_must_split_evenly(tmp_path):
+    config = TrainConfig(image_size=8, dim=8, dim_mults=(1, 2), batch_size=10, grad_accum=4,
+                         steps=1, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"batch_size=10 \(the global batch\) must be a multiple .* of 4"):
+        train(config, progress=False)
+    config.grad_accum = 0
+    with pytest.raises(ValueError, match=r"grad_accum must be a positive integer, got 0"):
+        train(config, progress=False)
