@@ -97,7 +97,8 @@ def save_checkpoint(path, state):
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
-            os.fsync(f.fileno())  # on disk before the rename, or a power cut could lose both files
+            # On disk before the rename: else a power cut may keep the rename, not the data.
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -143,6 +144,8 @@ def check_config(config):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if config.steps < 0:
         raise ValueError(f"steps must be >= 0, got {config.steps}")
+    if not config.dist_timeout_s > 0:
+        raise ValueError(f"dist_timeout_s must be a positive number of seconds, got {config.dist_timeout_s}")
 
 
 def step_seed(seed, step):

@@ -9,6 +9,7 @@ import torch
 
 from ddpm_fast import cli
 from ddpm_fast.data import DataError, load_dataset, read_idx
+from ddpm_fast.record import read_metrics
 from ddpm_fast.train import TrainConfig, load_checkpoint, train
 
 
@@ -63,7 +64,11 @@ def test_short_training_run_lowers_the_loss_and_resumes(tmp_path):
     losses = [loss for _, loss in history]
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
     assert (tmp_path / "sample-1.png").is_file() and (tmp_path / "sample-final.png").is_file()
+    assert (tmp_path / "loss-curve.png").stat().st_size > 0
     assert not list(tmp_path.glob("*.tmp"))
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [(row["step"], row["loss"]) for row in rows] == [(s, pytest.approx(l, rel=1e-5)) for s, l in history]
+    assert all(row["lr"] == 1e-3 and row["images_per_s"] > 0 for row in rows)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["step"] == 120 and checkpoint["ema"] is not None
     config.steps = 130
@@ -100,3 +105,14 @@ def test_cli_help_describes_every_command(capsys):
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         assert "usage: ddpm-fast " + command in capsys.readouterr().out
+
+
+def test_train_help_explains_batch_size_and_the_training_record(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("--batch-size is the global batch", "torchrun --nproc_per_node",
+                   "metrics.csv a row every --log-every steps: step, loss", "lr, images_per_s",
+                   "loss-curve.png the loss column against step", "--precision {fp32,bf16,fp16}",
+                   "--grad-accum K", "--compile"):
+        assert phrase in text, phrase

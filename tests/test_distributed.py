@@ -3,15 +3,18 @@ single-process `sample`, a rank that dies, and how the data are dealt to the ran
 
 import os
 import signal
+import socket
 import sys
 import time
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import jobs
 from ddpm_fast import cli
 from ddpm_fast.data import load_dataset
+from ddpm_fast.distributed import check_same_on_all_ranks, process_group
 from ddpm_fast.record import METRICS_NAME, read_metrics
 from ddpm_fast.train import TrainConfig, load_checkpoint, train
 
@@ -110,3 +113,33 @@ def test_the_global_batch_must_split_evenly(tmp_path):
     config.grad_accum = 0
     with pytest.raises(ValueError, match=r"grad_accum must be a positive integer, got 0"):
         train(config, progress=False)
+
+
+def _compare_drifted_weights(rank, port):
+    # One rank of a 2-process gloo job, set up as torchrun would, through the environment.
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.manual_seed(rank)  # different weights on each rank
+    weights = torch.nn.Linear(4, 4)
+    with process_group(torch.device("cpu"), timeout_s=60) as ctx:
+        assert (ctx.rank, ctx.world_size, ctx.is_main) == (rank, 2, rank == 0)
+        check_same_on_all_ranks(ctx, weights, "the EMA weights")
+
+
+def test_ranks_that_drifted_apart_refuse_to_checkpoint():
+    # (Ranks that agree pass this check before every checkpoint of the torchrun runs above.)
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = mp.start_processes(_compare_drifted_weights, args=(port,), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 120
+    try:
+        with pytest.raises(mp.ProcessRaisedException,
+                           match=r"the EMA weights differ between rank 0 and rank\(s\) \[1\]"):
+            while not job.join(timeout=1):
+                assert time.monotonic() < deadline, "the 2-process job hung"
+    finally:
+        for process in job.processes:
+            if process.is_alive():
+                process.kill()
