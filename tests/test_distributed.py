@@ -70,12 +70,12 @@ def test_a_ddp_checkpoint_samples_in_a_single_process(ddp_run, tmp_path):
 
 
 @linux_only
-def test_a_rank_that_dies_ends_the_job_with_a_clear_message(tmp_path):
-    job = jobs.start(jobs.TINY + ["--batch-size", "16", "--steps", "1000000", "--log-every", "1",
-                                  "--save-every", "1000000", "--out", str(tmp_path)], nproc=2)
-    metrics = tmp_path / METRICS_NAME
-    jobs.wait_for(lambda: metrics.is_file() and len(read_metrics(metrics)) >= 3, job, 120,
-                  "the first training steps")
+def test_a_rank_that_dies_ends_the_job_which_resumes_on_every_rank(tmp_path):
+    out = tmp_path / "job"
+    args = jobs.TINY + ["--batch-size", "16", "--log-every", "1", "--save-every", "3",
+                        "--out", str(out)]
+    job = jobs.start(args + ["--steps", "1000000"], nproc=2)
+    jobs.wait_for(lambda: (out / "checkpoint.pt").is_file(), job, 120, "the first checkpoint")
     ranks = jobs.children_by_rank(job.pid)
     assert sorted(ranks) == [0, 1], ranks
     os.kill(ranks[1], signal.SIGKILL)
@@ -87,6 +87,20 @@ def test_a_rank_that_dies_ends_the_job_with_a_clear_message(tmp_path):
     assert "Root Cause (first observed failure)" in output, output[-3000:]
     root_cause = output.split("Root Cause (first observed failure)")[1]
     assert "rank      : 1" in root_cause and "SIGKILL" in root_cause, root_cause
+
+    # Both ranks resume from rank 0's checkpoint and end where one uninterrupted process does.
+    steps = load_checkpoint(out / "checkpoint.pt")["step"] + 4
+    code, output = jobs.run(args + ["--steps", str(steps), "--resume"], nproc=2)
+    assert code == 0, output
+    model, _, _ = train(TrainConfig(
+        image_size=8, dim=8, dim_mults=(1, 2), timesteps=10, device="cpu", batch_size=16,
+        steps=steps, log_every=1, save_and_sample_every=3, num_samples=4,
+        out_dir=str(tmp_path / "whole")), progress=False)
+    resumed = load_checkpoint(out / "checkpoint.pt")
+    assert resumed["step"] == steps
+    for name, value in model.state_dict().items():  # tolerance: see the test above
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=2e-5, msg=name)
+    assert [row["step"] for row in read_metrics(out / METRICS_NAME)] == list(range(steps))
 
 
 def test_ranks_share_out_each_global_batch_whatever_their_number():
