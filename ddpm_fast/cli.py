@@ -44,9 +44,9 @@ what --out holds:
                      batch), lr, images_per_s (all processes together, checkpoints and
                      grids left out)
   {LOSS_CURVE_NAME}     the loss column against step, redrawn with every sample grid, on a
-                     log scale: thin line each logged loss (noisy: one batch each), thick
-                     line their running mean. It should fall steeply, then slowly; a thick
-                     line that rises, or turns to nan, calls for a lower --lr.
+                     log scale: each logged loss (noisy: one batch each) and, from 40 rows
+                     on, their running mean as a thick line. It should fall steeply, then
+                     slowly; a curve that rises, or ends (nan), calls for a lower --lr.
 """
 
 

@@ -104,9 +104,10 @@ def plot_noising(diffusion, image, path, timesteps=(0, 50, 100, 150, 199), seed=
 
 
 def plot_loss_curve(steps, losses, path, title="training loss"):
-    """The loss curve of a run as a PNG: every logged loss (thin, light) and their running mean
-    over a twentieth of the run (thick), on a log scale, where a falling loss stays visible
-    long after the first steps' big drop.
+    """The loss curve of a run as a PNG, on a log scale, where the slow later fall stays
+    visible after the first steps' big drop: every logged loss, and from 40 of them on, their
+    running mean over a twentieth of the run as a thick line (each logged loss is one batch's,
+    so the thin line is noisy).
 
     steps, losses: equal-length sequences (the ``step`` and ``loss`` columns of metrics.csv).
     """
@@ -114,19 +115,23 @@ def plot_loss_curve(steps, losses, path, title="training loss"):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     if len(steps) != len(losses):
         raise ValueError(f"steps and losses must have equal lengths, got {len(steps)} and {len(losses)}")
     steps, losses = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    window = len(losses) // 20
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=0.8, label="logged loss")
-    window = max(1, len(losses) // 20)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.35 if window > 1 else 1.0, linewidth=0.8,
+            marker="." if window <= 1 else None, label="logged loss")
     if window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1 :], smooth, color="tab:blue", linewidth=2,
                 label=f"running mean of {window}")
     if len(losses) and losses.min() > 0:
         ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(ScalarFormatter())  # 0.1, 0.2 rather than 10^-1, 2x10^-1
     ax.set(xlabel="optimizer step", ylabel="loss", title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
