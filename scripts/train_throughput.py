@@ -7,10 +7,10 @@ which holds the warm-up. The data are the bundled digits, resized to --image-siz
 a step depends on the shapes only. Defaults are the seed's Fashion-MNIST configuration
 (28x28, dim 28, dim_mults 1,2,4, batch 128).
 
-    python scripts/train_throughput.py --device cuda --json train-throughput.json
+    python scripts/train_throughput.py --device cuda --out train-throughput.json
     python scripts/train_throughput.py --device cpu --precisions fp32,bf16 --steps 12 --log-every 2
 
-Prints one line per combination to stderr and the JSON to stdout (or --json PATH).
+Prints one line per combination to stderr and the JSON to stdout (and to --out PATH).
 """
 
 import argparse
@@ -88,7 +88,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=120, help="steps per run (default 120)")
     parser.add_argument("--log-every", type=int, default=20, help="steps per timed interval (default 20)")
-    parser.add_argument("--json", help="write the JSON here as well as to stdout")
+    parser.add_argument("--out", help="write the JSON to this file as well as to stdout")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
@@ -109,9 +109,9 @@ def main(argv=None):
         "runs": runs,
     }
     text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
     print(text)
 
 
