@@ -1,5 +1,6 @@
-// Helpers shared by the .cu files: type conversion to and from the accumulation type, block
-// reductions and launch-error reporting. CUDA headers only.
+// Helpers shared by the .cu files: the kernel launch, shared-memory declarations, type
+// conversion to and from the accumulation type, block reductions and launch-error reporting.
+// CUDA headers only.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -9,8 +10,38 @@
 
 #include "launchers.h"
 
+#if !defined(__CUDACC__)
+// A host C++ compiler sees these files only through the CPU emulation of the CUDA execution
+// model in tests/cuda_emulation, which supplies threadIdx, __syncthreads, shuffles, atomics and
+// the launch itself, so that CI runs the kernels exactly as written.
+#include "cuda_emulation.h"
+#endif
+
 namespace ddpm_fast {
 namespace cuda {
+
+// `type` unchanged: lets DDPM_SHARED name array types such as float[32] in one macro argument.
+template <typename T> using shared_type = T;
+
+// `DDPM_SHARED(float[32], partial);` declares `__shared__ float partial[32];`, one variable per
+// block. A macro only because the emulation must give each block its own, poisoned, copy.
+#if defined(__CUDACC__)
+#define DDPM_SHARED(type, name) __shared__ ::ddpm_fast::cuda::shared_type<type> name
+#else
+#define DDPM_SHARED(type, name) CUDA_EMULATION_SHARED(::ddpm_fast::cuda::shared_type<type>, name)
+#endif
+
+// The one way the .cu files launch a kernel: `Kernel<<<grid, block, 0, stream>>>(args...)` under
+// nvcc, the emulation's launch under a host compiler. Launchers check the result with
+// last_launch_error().
+template <auto Kernel, typename... Args>
+inline void launch_kernel(dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
+#if defined(__CUDACC__)
+  Kernel<<<grid, block, 0, stream>>>(args...);
+#else
+  ::cuda_emulation::launch<Kernel>(grid, block, stream, args...);
+#endif
+}
 
 // Accumulation type: fp64 for fp64, fp32 otherwise.
 template <typename T> struct Acc { using type = float; };

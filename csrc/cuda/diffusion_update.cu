@@ -54,8 +54,8 @@ const char* launch(const PerSampleUpdateParams& p, void* stream) {
     const dim3 grid(static_cast<unsigned>(chunks < 65535 ? chunks : 65535),
                     static_cast<unsigned>(samples));
     dispatch_dtype(p.dtype, [&]<typename T>() {
-      per_sample_update_kernel<T, P_SAMPLE>
-          <<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, first);
+      launch_kernel<per_sample_update_kernel<T, P_SAMPLE>>(
+          grid, dim3(kThreads), static_cast<cudaStream_t>(stream), p, first);
     });
     if (const char* error = last_launch_error()) return error;
   }

@@ -42,7 +42,7 @@ __device__ __forceinline__ acc_t<T> load_or(const void* p, int64_t i, acc_t<T> f
 template <typename T>
 __global__ void partial_stats_kernel(GroupNormActParams p, GroupIndex gi) {
   using A = acc_t<T>;
-  __shared__ A shared[32];
+  DDPM_SHARED(A[32], shared);
   const int64_t ng = blockIdx.y, n = ng / p.G, g = ng % p.G;
   const int64_t M = gi.Cg * p.HW, per = ceil_div(M, p.splits);
   const int64_t begin = blockIdx.x * per, end = begin + per < M ? begin + per : M;
@@ -84,7 +84,7 @@ __device__ __forceinline__ void group_stats(const GroupNormActParams& p, A shift
 template <typename T, int ACT>
 __global__ void apply_kernel(GroupNormActParams p, GroupIndex gi) {
   using A = acc_t<T>;
-  __shared__ A shared[32];
+  DDPM_SHARED(A[32], shared);
   const int64_t ng = blockIdx.y, n = ng / p.G, g = ng % p.G;
   const int64_t M = gi.Cg * p.HW, per = ceil_div(M, p.splits);
   A mean, rstd;
@@ -129,7 +129,7 @@ __device__ __forceinline__ void grads(const GroupNormActParams& p, int64_t n, in
 template <typename T, int ACT>
 __global__ void grad_sums_kernel(GroupNormActParams p) {
   using A = acc_t<T>;
-  __shared__ A shared[32];
+  DDPM_SHARED(A[32], shared);
   A* sum_du = static_cast<A*>(p.sum_du);
   A* sum_du_xhat = static_cast<A*>(p.sum_du_xhat);
   const int64_t Cg = p.C / p.G;
@@ -219,8 +219,8 @@ const char* launch_group_norm_act_forward(const GroupNormActParams& p, void* str
   const GroupIndex gi{p.C, p.HW, p.C / p.G, p.nhwc};
   const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.N * p.G));
   dispatch_dtype(p.dtype, [&]<typename T>() {
-    partial_stats_kernel<T><<<grid, kThreads, 0, stream>>>(p, gi);
-    dispatch_act(p.act, [&]<int ACT>() { apply_kernel<T, ACT><<<grid, kThreads, 0, stream>>>(p, gi); });
+    launch_kernel<partial_stats_kernel<T>>(grid, dim3(kThreads), stream, p, gi);
+    dispatch_act(p.act, [&]<int ACT>() { launch_kernel<apply_kernel<T, ACT>>(grid, dim3(kThreads), stream, p, gi); });
   });
   return last_launch_error();
 }
@@ -240,9 +240,10 @@ const char* launch_group_norm_act_backward(const GroupNormActParams& p, void* st
   const unsigned blocks = static_cast<unsigned>(ceil_div(total, kThreads) < 65535 * 8 ? ceil_div(total, kThreads) : 65535 * 8);
   dispatch_dtype(p.dtype, [&]<typename T>() {
     dispatch_act(p.act, [&]<int ACT>() {
-      grad_sums_kernel<T, ACT><<<sums_grid, kThreads, 0, stream>>>(q);
-      group_terms_kernel<T><<<static_cast<unsigned>(ceil_div(p.N * p.G, kThreads)), kThreads, 0, stream>>>(p);
-      grad_input_kernel<T, ACT><<<blocks, kThreads, 0, stream>>>(p);
+      launch_kernel<grad_sums_kernel<T, ACT>>(sums_grid, dim3(kThreads), stream, q);
+      launch_kernel<group_terms_kernel<T>>(dim3(static_cast<unsigned>(ceil_div(p.N * p.G, kThreads))),
+                                           dim3(kThreads), stream, p);
+      launch_kernel<grad_input_kernel<T, ACT>>(dim3(blocks), dim3(kThreads), stream, p);
     });
   });
   return last_launch_error();

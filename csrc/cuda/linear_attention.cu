@@ -32,7 +32,7 @@ __device__ __forceinline__ const T* slice(const LinearAttentionParams& p, int pa
 template <typename T>
 __global__ void k_stats_kernel(LinearAttentionParams p) {
   using A = acc_t<T>;
-  __shared__ A shared[32];
+  DDPM_SHARED(A[32], shared);
   const int64_t row = blockIdx.x, bh = row / p.d, i = row % p.d;
   const T* k = slice<T>(p, 1, bh) + i * p.n;
   A m = -INFINITY;
@@ -72,8 +72,10 @@ __global__ void context_kernel(LinearAttentionParams p, int64_t per_block) {
   using A = acc_t<T>;
   constexpr int kEntries = (D * D + kThreads - 1) / kThreads;
   constexpr int kT = kTile<A>;
-  __shared__ A k_tile[D][kT], v_tile[D][kT];
-  __shared__ A q_tile[BACKWARD ? D : 1][kT], g_tile[BACKWARD ? D : 1][kT];
+  DDPM_SHARED(A[D][kT], k_tile);
+  DDPM_SHARED(A[D][kT], v_tile);
+  DDPM_SHARED(A[BACKWARD ? D : 1][kT], q_tile);
+  DDPM_SHARED(A[BACKWARD ? D : 1][kT], g_tile);
   const int64_t bh = blockIdx.y;
   const int d = static_cast<int>(p.d);
   const T *q = slice<T>(p, 0, bh), *k = slice<T>(p, 1, bh), *v = slice<T>(p, 2, bh);
@@ -134,7 +136,7 @@ __global__ void context_kernel(LinearAttentionParams p, int64_t per_block) {
 template <int D, typename T>
 __global__ void output_kernel(LinearAttentionParams p) {
   using A = acc_t<T>;
-  __shared__ A ctx[D][D];
+  DDPM_SHARED(A[D][D], ctx);
   const int64_t bh = blockIdx.y;
   const int d = static_cast<int>(p.d);
   for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
@@ -160,7 +162,11 @@ __global__ void output_kernel(LinearAttentionParams p) {
 template <int D, typename T>
 __global__ void input_grads_kernel(LinearAttentionParams p) {
   using A = acc_t<T>;
-  __shared__ A ctx[D][D], dctx[D][D], rowdot[D], kmax[D], ksum[D];
+  DDPM_SHARED(A[D][D], ctx);
+  DDPM_SHARED(A[D][D], dctx);
+  DDPM_SHARED(A[D], rowdot);
+  DDPM_SHARED(A[D], kmax);
+  DDPM_SHARED(A[D], ksum);
   const int64_t bh = blockIdx.y;
   const int d = static_cast<int>(p.d);
   const A scale = A(p.scale);
@@ -234,7 +240,7 @@ const char* run(const LinearAttentionParams& p, cudaStream_t stream, bool backwa
   const size_t ctx_bytes = size_t(bh * p.d * p.d) * sizeof(A);
   cudaMemsetAsync(p.ctx, 0, ctx_bytes, stream);
   if (backward) cudaMemsetAsync(p.dctx, 0, ctx_bytes, stream);
-  k_stats_kernel<T><<<static_cast<unsigned>(bh * p.d), kThreads, 0, stream>>>(p);
+  launch_kernel<k_stats_kernel<T>>(dim3(static_cast<unsigned>(bh * p.d)), dim3(kThreads), stream, p);
   // Slices of positions per (b, h): enough blocks to fill the GPU, at least one tile each.
   int64_t slices = ceil_div(4 * sm_count(), bh);
   const int64_t most = ceil_div(p.n, kTile<A>);
@@ -244,11 +250,11 @@ const char* run(const LinearAttentionParams& p, cudaStream_t stream, bool backwa
   const dim3 context_grid(static_cast<unsigned>(ceil_div(p.n, per_block)), static_cast<unsigned>(bh));
   const dim3 position_grid(static_cast<unsigned>(ceil_div(p.n, kPositions)), static_cast<unsigned>(bh));
   if (!backward) {
-    context_kernel<D, T, false><<<context_grid, kThreads, 0, stream>>>(p, per_block);
-    output_kernel<D, T><<<position_grid, kPositions, 0, stream>>>(p);
+    launch_kernel<context_kernel<D, T, false>>(context_grid, dim3(kThreads), stream, p, per_block);
+    launch_kernel<output_kernel<D, T>>(position_grid, dim3(kPositions), stream, p);
   } else {
-    context_kernel<D, T, true><<<context_grid, kThreads, 0, stream>>>(p, per_block);
-    input_grads_kernel<D, T><<<position_grid, kPositions, 0, stream>>>(p);
+    launch_kernel<context_kernel<D, T, true>>(context_grid, dim3(kThreads), stream, p, per_block);
+    launch_kernel<input_grads_kernel<D, T>>(position_grid, dim3(kPositions), stream, p);
   }
   return last_launch_error();
 }
