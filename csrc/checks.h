@@ -111,4 +111,14 @@ inline void check_projected_linear_attention_args(const at::Tensor& x, const at:
               " must divide w_qkv's ", w_qkv.size(0), " output channels into 3*heads equal parts");
 }
 
+// Every entry of the int64 CPU index tensor `t` (named `name`) lies in [0, n). CPU kernels only:
+// on a GPU this would be a host sync, so the CUDA kernels turn an out-of-range index into NaN.
+inline void check_range(const char* op, const char* name, const at::Tensor& t_in, int64_t n) {
+  const at::Tensor t = t_in.contiguous();
+  const int64_t* tp = t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    TORCH_CHECK(tp[i] >= 0 && tp[i] < n, op, ": ", name, "[", i, "]=", tp[i], " lies outside [0, ", n, ")");
+  }
+}
+
 }  // namespace ddpm_fast

@@ -13,14 +13,6 @@ at::Tensor gather_table(const at::Tensor& table, const at::Tensor& t, at::Scalar
   return table.index_select(0, t).to(dtype);
 }
 
-void check_range(const char* op, const at::Tensor& t_in, int64_t T) {
-  const at::Tensor t = t_in.contiguous();
-  const int64_t* tp = t.data_ptr<int64_t>();
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    TORCH_CHECK(tp[i] >= 0 && tp[i] < T, op, ": t[", i, "]=", tp[i], " lies outside [0, ", T, ")");
-  }
-}
-
 // out[i] = a[b] * x[i] + c[b] * y[i] (+ e[b] * z[i] when z is given) for element i of sample b:
 // the shape of both updates. Parallel over flat chunks; each chunk walks the samples it overlaps
 // so that the inner loop is a plain vectorisable combination.
@@ -72,7 +64,7 @@ at::Tensor q_sample_cpu(const at::Tensor& x_start, const at::Tensor& t,
                         const at::Tensor& noise) {
   check_same_layout("q_sample", x_start, noise, "x_start", "noise");
   check_timesteps("q_sample", x_start, t, {&sqrt_alphas_cumprod, &sqrt_one_minus_alphas_cumprod});
-  check_range("q_sample", t, sqrt_alphas_cumprod.numel());
+  check_range("q_sample", "t", t, sqrt_alphas_cumprod.numel());
   const auto dtype = x_start.scalar_type();
   return combination_launch(x_start, noise, at::Tensor(),
                             gather_table(sqrt_alphas_cumprod, t, dtype),
@@ -86,7 +78,7 @@ at::Tensor p_sample_update_cpu(const at::Tensor& x, const at::Tensor& eps, const
   check_same_layout("p_sample_update", x, eps, "x", "eps");
   check_same_layout("p_sample_update", x, noise, "x", "noise");
   check_timesteps("p_sample_update", x, t, {&sqrt_recip_alphas, &eps_coef, &posterior_std});
-  check_range("p_sample_update", t, sqrt_recip_alphas.numel());
+  check_range("p_sample_update", "t", t, sqrt_recip_alphas.numel());
   const auto dtype = x.scalar_type();
   const at::Tensor m = gather_table(sqrt_recip_alphas, t, dtype);
   return combination_launch(x, eps, noise, m, -m * gather_table(eps_coef, t, dtype),
