@@ -58,4 +58,11 @@ TORCH_LIBRARY(ddpm_fast, m) {
   m.def(
       "projected_linear_attention_backward(Tensor grad_out, Tensor x, Tensor w_qkv, int heads, "
       "float scale) -> Tensor");
+  // One step of any sampler (DDPM, DDIM, DPM-Solver++; ddpm_fast/samplers.py). For sample b and
+  // its coefficient row c = coefs[step[b]] of shape (6,):
+  //   x0 = c[4] * x + c[5] * eps;  out = c[0] * x + c[1] * eps + c[2] * prev_x0 + c[3] * noise
+  // An absent prev_x0 or noise drops its term. Returns (out, x0), both shaped as x.
+  m.def(
+      "sampler_update(Tensor x, Tensor eps, Tensor? prev_x0, Tensor? noise, Tensor step, "
+      "Tensor coefs) -> (Tensor, Tensor)");
 }

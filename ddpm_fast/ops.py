@@ -174,6 +174,20 @@ def conv1x1(x, weight, bias=None, channels_last_out=False):
     return out.view(b, c_out, h, w)
 
 
+# ---------------------------------------------------------------- sampler_update
+
+
+def sampler_update(x, eps, prev_x0, noise, step, coefs):
+    """Fused step of any sampler of :mod:`ddpm_fast.samplers`; see :func:`reference.sampler_update`.
+
+    x, eps: (B, C, H, W); prev_x0, noise: (B, C, H, W) or None; step: (B,) int64 rows of coefs
+    (S, 6), float32 or x's dtype. Returns (x_next, x0), each (B, C, H, W).
+    """
+    if _covered(x, eps, prev_x0, noise):
+        return tuple(torch.ops.ddpm_fast.sampler_update(x, eps, prev_x0, noise, step, coefs))
+    return reference.sampler_update(x, eps, prev_x0, noise, step, coefs)
+
+
 # ---------------------------------------------------------------- fake kernels and autograd
 
 
@@ -229,6 +243,13 @@ def _register_fakes():
     def _(grad_out, x, w_qkv, heads, scale):
         b, _, h, w = x.shape
         return x.new_empty((b, w_qkv.shape[0], h, w))
+
+
+    @torch.library.register_fake("ddpm_fast::sampler_update")
+    def _(x, eps, prev_x0, noise, step, coefs):
+        present = [t for t in (eps, prev_x0, noise) if t is not None]
+        layout = _dense_format(x, *present)
+        return torch.empty_like(x, memory_format=layout), torch.empty_like(x, memory_format=layout)
 
 
 def _dense_format(x, *others):
@@ -330,6 +351,30 @@ def _register_autograd():
 
     torch.library.register_autograd(
         "ddpm_fast::projected_linear_attention", pla_backward, setup_context=pla_setup
+    )
+
+    def sampler_update_setup(ctx, inputs, output):
+        x, eps, prev_x0, noise, step, coefs = inputs
+        ctx.has_prev_x0, ctx.has_noise = prev_x0 is not None, noise is not None
+        ctx.save_for_backward(step, coefs)
+
+    def sampler_update_backward(ctx, grad_out, grad_x0):
+        # Both outputs are linear in the inputs: each gradient is a per-sample combination of
+        # the two output gradients with the same coefficients. The tables get none.
+        step, coefs = ctx.saved_tensors
+        rows = coefs.index_select(0, step).to(grad_out.dtype)
+
+        def column(j):
+            return rows[:, j].reshape(step.shape[0], *((1,) * (grad_out.dim() - 1)))
+
+        grad_x = column(0) * grad_out + column(4) * grad_x0
+        grad_eps = column(1) * grad_out + column(5) * grad_x0
+        grad_prev = column(2) * grad_out if ctx.has_prev_x0 else None
+        grad_noise = column(3) * grad_out if ctx.has_noise else None
+        return grad_x, grad_eps, grad_prev, grad_noise, None, None
+
+    torch.library.register_autograd(
+        "ddpm_fast::sampler_update", sampler_update_backward, setup_context=sampler_update_setup
     )
 
 
