@@ -171,3 +171,49 @@ def test_autocast_sampling_keeps_the_distribution(dtype):
     with torch.autocast("cuda", dtype=dtype):
         half = diffusion.p_sample(model, x, t, 150, noise=noise)
     assert (half.float() - full).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64] + HALF)
+@pytest.mark.parametrize("optional", [True, False])
+def test_sampler_update_every_dtype(dtype, optional):
+    x = torch.randn(8, 1, 28, 28, device="cuda", dtype=dtype)
+    prev, noise = (torch.randn_like(x) if optional else None for _ in range(2))
+    step = torch.randint(0, 10, (8,), device="cuda")
+    coefs = torch.randn(10, 6, device="cuda", dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    args = (x, torch.randn_like(x), prev, noise, step, coefs)
+    tol = dict(atol=1e-2, rtol=1e-2) if dtype in HALF else {}
+    for got, expected in zip(torch.ops.ddpm_fast.sampler_update(*args), reference.sampler_update(*args)):
+        torch.testing.assert_close(got, expected, **tol)
+    torch.library.opcheck(torch.ops.ddpm_fast.sampler_update, args)
+
+
+def test_sampler_update_keeps_float64_coefficients_on_cuda():
+    x = torch.randn(4, 3, 5, 5, device="cuda", dtype=torch.float64)
+    coefs = 1 + torch.rand(3, 6, device="cuda", dtype=torch.float64) * 1e-9  # not representable in fp32
+    args = (x, torch.randn_like(x), torch.randn_like(x), torch.randn_like(x), torch.tensor([0, 2, 1, 2], device="cuda"), coefs)
+    for got, expected in zip(torch.ops.ddpm_fast.sampler_update(*args), reference.sampler_update(*args)):
+        torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 50), ("dpm-solver++", 20)])
+def test_graphed_loop_equals_eager_for_deterministic_samplers(sampler, steps):
+    torch.manual_seed(0)
+    model = accelerate(Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).cuda().eval())
+    diffusion = GaussianDiffusion(200).cuda()
+    x_T = torch.randn(16, 1, 28, 28, device="cuda")
+    runs = [diffusion.sample(model, 28, batch_size=16, channels=1, progress=False, sampler=sampler, steps=steps,
+                             x_T=x_T, cuda_graph=graph) for graph in (False, True)]
+    assert runs[1].shape == (steps, 16, 1, 28, 28)
+    torch.testing.assert_close(runs[1], runs[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", None, 0.0), ("ddim", 20, 1.0)])
+def test_graphed_loop_with_a_cuda_generator_is_reproducible(sampler, steps, eta):
+    torch.manual_seed(0)
+    model = accelerate(Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).cuda().eval())
+    diffusion = GaussianDiffusion(200).cuda()
+    runs = [diffusion.sample(model, 28, batch_size=64, channels=1, progress=False, sampler=sampler, steps=steps,
+                             eta=eta, cuda_graph=True, return_all_timesteps=False,
+                             generator=torch.Generator(device="cuda").manual_seed(3)) for _ in range(2)]
+    assert torch.isfinite(runs[0]).all()
+    assert torch.equal(runs[0], runs[1])
