@@ -18,7 +18,7 @@ from ddpm_fast import ops
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 IMPLS = ["reference", "fused", "fused+graph", "fused+compile", "compile-default",
          "compile-reduce-overhead", "compile-max-autotune"]
-HEAVY = ("sampling-loop", "train-step")
+HEAVY = ("sampling", "train-step")
 
 
 def skip_reason(group, impl, device):
@@ -28,7 +28,7 @@ def skip_reason(group, impl, device):
     if impl == "fused+graph":
         if device != "cuda":
             return "CUDA graphs need a GPU"
-        if not group.startswith("sampling-loop"):
+        if not group.startswith("sampling"):
             return "the CUDA-graph path is the sampler's"
     if impl == "fused+compile" and not group.startswith(HEAVY):
         return "fused+compile (torch.compile of the accelerated U-Net) is timed on the whole-model groups"
