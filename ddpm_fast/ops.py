@@ -184,7 +184,7 @@ def sampler_update(x, eps, prev_x0, noise, step, coefs):
     (S, 6), float32 or x's dtype. Returns (x_next, x0), each (B, C, H, W).
     """
     if _covered(x, eps, prev_x0, noise):
-        return tuple(torch.ops.ddpm_fast.sampler_update(x, eps, prev_x0, noise, step, coefs))
+        return torch.ops.ddpm_fast.sampler_update(x, eps, prev_x0, noise, step, coefs)
     return reference.sampler_update(x, eps, prev_x0, noise, step, coefs)
 
 
