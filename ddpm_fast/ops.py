@@ -1,6 +1,6 @@
 """Python face of the compiled ops: loading, fake (meta) kernels, autograd and fallbacks.
 
-The schemas live in ``csrc/ops.cpp`` (namespace ``ddpm_fast``), each backend registers its
+The schemas live in ``csrc/op_schemas.h`` (namespace ``ddpm_fast``), each backend registers its
 kernels in C++, and this module adds what torch.compile and autograd need. Every public
 function here has the signature of its twin in :mod:`ddpm_fast.reference` and runs that
 reference when the compiled op does not cover a case (extension missing, another device or
@@ -189,21 +189,21 @@ def _kernel_format(x):
     return torch.contiguous_format
 
 
-def _register_fakes():
-    @torch.library.register_fake("ddpm_fast::q_sample")
+def _register_fakes(namespace):
+    @torch.library.register_fake(f"{namespace}::q_sample")
     def _(x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noise):
         return torch.empty_like(x_start, memory_format=_dense_format(x_start, noise))
 
-    @torch.library.register_fake("ddpm_fast::p_sample_update")
+    @torch.library.register_fake(f"{namespace}::p_sample_update")
     def _(x, eps, t, sqrt_recip_alphas, eps_coef, posterior_std, noise):
         return torch.empty_like(x, memory_format=_dense_format(x, eps, noise))
 
-    @torch.library.register_fake("ddpm_fast::group_norm_act")
+    @torch.library.register_fake(f"{namespace}::group_norm_act")
     def _(x, num_groups, weight, bias, scale, shift, eps, act):
         stats = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
         return torch.empty_like(x, memory_format=_kernel_format(x)), stats, torch.empty_like(stats)
 
-    @torch.library.register_fake("ddpm_fast::group_norm_act_backward")
+    @torch.library.register_fake(f"{namespace}::group_norm_act_backward")
     def _(grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift, act):
         def like(p):
             return torch.empty_like(p, memory_format=torch.contiguous_format) if p is not None else x.new_empty(0)
@@ -211,21 +211,21 @@ def _register_fakes():
         dx = torch.empty_like(x, memory_format=_kernel_format(x))
         return dx, like(weight), like(bias), like(scale), like(shift)
 
-    @torch.library.register_fake("ddpm_fast::linear_attention")
+    @torch.library.register_fake(f"{namespace}::linear_attention")
     def _(qkv, heads, scale):
         b, c3, h, w = qkv.shape
         return qkv.new_empty((b, c3 // 3, h, w))
 
-    @torch.library.register_fake("ddpm_fast::linear_attention_backward")
+    @torch.library.register_fake(f"{namespace}::linear_attention_backward")
     def _(grad_out, qkv, heads, scale):
         return qkv.new_empty(qkv.shape)
 
-    @torch.library.register_fake("ddpm_fast::projected_linear_attention")
+    @torch.library.register_fake(f"{namespace}::projected_linear_attention")
     def _(x, w_qkv, heads, scale):
         b, _, h, w = x.shape
         return x.new_empty((b, w_qkv.shape[0] // 3, h, w))
 
-    @torch.library.register_fake("ddpm_fast::projected_linear_attention_backward")
+    @torch.library.register_fake(f"{namespace}::projected_linear_attention_backward")
     def _(grad_out, x, w_qkv, heads, scale):
         b, _, h, w = x.shape
         return x.new_empty((b, w_qkv.shape[0], h, w))
@@ -238,7 +238,9 @@ def _dense_format(x, *others):
     return torch.contiguous_format
 
 
-def _register_autograd():
+def _register_autograd(namespace):
+    lib = getattr(torch.ops, namespace)
+
     def q_sample_setup(ctx, inputs, output):
         x_start, t, a, b, noise = inputs
         ctx.save_for_backward(t, a, b)
@@ -250,7 +252,7 @@ def _register_autograd():
         return grad * ga, None, None, None, grad * gb
 
     torch.library.register_autograd(
-        "ddpm_fast::q_sample", q_sample_backward, setup_context=q_sample_setup
+        f"{namespace}::q_sample", q_sample_backward, setup_context=q_sample_setup
     )
 
     def p_sample_setup(ctx, inputs, output):
@@ -263,7 +265,7 @@ def _register_autograd():
         return grad * gm, -grad * gm * ge, None, None, None, None, grad * gs
 
     torch.library.register_autograd(
-        "ddpm_fast::p_sample_update", p_sample_backward, setup_context=p_sample_setup
+        f"{namespace}::p_sample_update", p_sample_backward, setup_context=p_sample_setup
     )
 
     def gn_setup(ctx, inputs, output):
@@ -274,7 +276,7 @@ def _register_autograd():
 
     def gn_backward(ctx, grad_y, grad_mean, grad_rstd):
         x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
-        dx, dw, db, dscale, dshift = torch.ops.ddpm_fast.group_norm_act_backward(
+        dx, dw, db, dscale, dshift = lib.group_norm_act_backward(
             grad_y, x, mean, rstd, ctx.num_groups, weight, bias, scale, shift, ctx.act
         )
 
@@ -285,7 +287,7 @@ def _register_autograd():
                 keep(dshift, shift), None, None)
 
     torch.library.register_autograd(
-        "ddpm_fast::group_norm_act", gn_backward, setup_context=gn_setup
+        f"{namespace}::group_norm_act", gn_backward, setup_context=gn_setup
     )
 
     def la_setup(ctx, inputs, output):
@@ -295,13 +297,13 @@ def _register_autograd():
 
     def la_backward(ctx, grad_out):
         (qkv,) = ctx.saved_tensors
-        grad = torch.ops.ddpm_fast.linear_attention_backward(
+        grad = lib.linear_attention_backward(
             grad_out.contiguous(), qkv, ctx.heads, ctx.scale
         )
         return grad, None, None
 
     torch.library.register_autograd(
-        "ddpm_fast::linear_attention", la_backward, setup_context=la_setup
+        f"{namespace}::linear_attention", la_backward, setup_context=la_setup
     )
 
     def pla_setup(ctx, inputs, output):
@@ -313,7 +315,7 @@ def _register_autograd():
         # The kernel recomputes q, k, v in cache and returns the gradient of the qkv the forward
         # never stored; the projection's two gradients are batched GEMMs from there.
         x, w_qkv = ctx.saved_tensors
-        grad_qkv = torch.ops.ddpm_fast.projected_linear_attention_backward(
+        grad_qkv = lib.projected_linear_attention_backward(
             grad_out, x, w_qkv, ctx.heads, ctx.scale
         )
         b, c, h, w = x.shape
@@ -329,10 +331,16 @@ def _register_autograd():
         return grad_x, grad_w, None, None
 
     torch.library.register_autograd(
-        "ddpm_fast::projected_linear_attention", pla_backward, setup_context=pla_setup
+        f"{namespace}::projected_linear_attention", pla_backward, setup_context=pla_setup
     )
 
 
+def register_fakes_and_autograd(namespace):
+    """Registers the fake kernels and autograd formulas for the ops of library ``namespace``:
+    ``ddpm_fast``, or the CUDA emulation's copy of its schemas in the tests."""
+    _register_fakes(namespace)
+    _register_autograd(namespace)
+
+
 if compiled_ops_loaded():
-    _register_fakes()
-    _register_autograd()
+    register_fakes_and_autograd("ddpm_fast")

@@ -248,7 +248,13 @@ at::Tensor linear_attention_backward_cuda(const at::Tensor& grad_out, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ddpm_fast, CUDA, m) {
+// The emulation of tests/cuda_emulation builds this file for CPU tensors, into its own library.
+#ifndef DDPM_FAST_CUDA_LIBRARY
+#define DDPM_FAST_CUDA_LIBRARY ddpm_fast
+#define DDPM_FAST_CUDA_DISPATCH_KEY CUDA
+#endif
+
+TORCH_LIBRARY_IMPL(DDPM_FAST_CUDA_LIBRARY, DDPM_FAST_CUDA_DISPATCH_KEY, m) {
   m.impl("q_sample", &q_sample_cuda);
   m.impl("p_sample_update", &p_sample_update_cuda);
   m.impl("group_norm_act", &group_norm_act_cuda);

@@ -33,7 +33,9 @@ template <typename T> using shared_type = T;
 
 // The one way the .cu files launch a kernel: `Kernel<<<grid, block, 0, stream>>>(args...)` under
 // nvcc, the emulation's launch under a host compiler. Launchers check the result with
-// last_launch_error().
+// last_launch_error(). GCC 12 never instantiates a kernel named only in a nested generic lambda
+// when it depends on the outer lambda's parameters alone (the emulation then fails to load with
+// "undefined symbol"): launch such a kernel from the outer lambda.
 template <auto Kernel, typename... Args>
 inline void launch_kernel(dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
 #if defined(__CUDACC__)

@@ -239,12 +239,10 @@ const char* launch_group_norm_act_backward(const GroupNormActParams& p, void* st
   const int64_t total = p.N * p.C * p.HW;
   const unsigned blocks = static_cast<unsigned>(ceil_div(total, kThreads) < 65535 * 8 ? ceil_div(total, kThreads) : 65535 * 8);
   dispatch_dtype(p.dtype, [&]<typename T>() {
-    dispatch_act(p.act, [&]<int ACT>() {
-      launch_kernel<grad_sums_kernel<T, ACT>>(sums_grid, dim3(kThreads), stream, q);
-      launch_kernel<group_terms_kernel<T>>(dim3(static_cast<unsigned>(ceil_div(p.N * p.G, kThreads))),
-                                           dim3(kThreads), stream, p);
-      launch_kernel<grad_input_kernel<T, ACT>>(dim3(blocks), dim3(kThreads), stream, p);
-    });
+    dispatch_act(p.act, [&]<int ACT>() { launch_kernel<grad_sums_kernel<T, ACT>>(sums_grid, dim3(kThreads), stream, q); });
+    launch_kernel<group_terms_kernel<T>>(dim3(static_cast<unsigned>(ceil_div(p.N * p.G, kThreads))), dim3(kThreads),
+                                         stream, p);
+    dispatch_act(p.act, [&]<int ACT>() { launch_kernel<grad_input_kernel<T, ACT>>(dim3(blocks), dim3(kThreads), stream, p); });
   });
   return last_launch_error();
 }
