@@ -47,8 +47,8 @@ __global__ void k_stats_kernel(LinearAttentionParams p) {
   }
 }
 
-// Column softmax over d of q at position j, into p (registers). Returns nothing; D is the
-// compile-time bound of d.
+// Column softmax over d of q at position j, into out[0, D) (registers): D is the compile-time
+// bound of d, and the entries from d on are 0, since callers sum over all D of them.
 template <int D, typename T>
 __device__ __forceinline__ void q_softmax(const T* q, int64_t n, int64_t j, int d, acc_t<T>* out) {
   using A = acc_t<T>;
@@ -61,8 +61,7 @@ __device__ __forceinline__ void q_softmax(const T* q, int64_t n, int64_t j, int 
   for (int i = 0; i < D; ++i)
     if (i < d) s += (out[i] = exp(to_acc(q[i * n + j]) - m));
 #pragma unroll
-  for (int i = 0; i < D; ++i)
-    if (i < d) out[i] /= s;
+  for (int i = 0; i < D; ++i) out[i] = i < d ? out[i] / s : A(0);
 }
 
 // C = K v^T and, when BACKWARD, dC = Sq grad_out^T, both summed over this block's positions and

@@ -15,7 +15,6 @@ from ddpm_fast import GaussianDiffusion, reference
 HALF = [torch.float16, torch.bfloat16]
 # Bugs of today's kernels that these tests found; each mark goes with the commit that fixes it.
 MIXES_SAMPLES = pytest.mark.xfail(strict=True, reason="issue 9, bug 5: a dense batch that is not outermost mixes samples")
-NAN_GRAD_Q = pytest.mark.xfail(strict=True, reason="issue 9, bug 2: grad_q reads softmax entries q_softmax never wrote")
 DIFFUSION = GaussianDiffusion(200, fused=False)
 Q_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
 P_TABLES = ("sqrt_recip_alphas", "eps_coef", "posterior_std")
@@ -220,9 +219,8 @@ def attention_forward_backward(op, qkv, heads, scale, grad):
     return y.detach(), leaf.grad
 
 
-@pytest.mark.parametrize("b, heads, d, h, w", [pytest.param(2, 2, 8, 5, 3, marks=NAN_GRAD_Q),
-                                               pytest.param(1, 4, 16, 7, 7, marks=NAN_GRAD_Q),
-                                               (2, 1, 32, 6, 6), (1, 2, 64, 4, 4)])
+@pytest.mark.parametrize("b, heads, d, h, w", [(2, 2, 8, 5, 3), (1, 4, 16, 7, 7), (2, 1, 32, 6, 6),
+                                               (1, 2, 64, 4, 4)])
 def test_linear_attention_forward_and_backward(E, b, heads, d, h, w):
     qkv = torch.randn(b, 3 * heads * d, h, w)
     grad = torch.randn(b, heads * d, h, w)
@@ -232,14 +230,12 @@ def test_linear_attention_forward_and_backward(E, b, heads, d, h, w):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
-@NAN_GRAD_Q
 def test_linear_attention_is_schedule_independent(E):
     qkv = torch.randn(2, 3 * 2 * 16, 9, 7)
     grad = torch.randn(2, 2 * 16, 9, 7)
     run_under_every_schedule(lambda: attention_forward_backward(E.linear_attention, qkv, 2, 0.25, grad), exact=False)
 
 
-@NAN_GRAD_Q
 def test_linear_attention_float64(E):
     qkv = torch.randn(2, 3 * 2 * 8, 5, 4, dtype=torch.float64)
     grad = torch.randn(2, 2 * 8, 5, 4, dtype=torch.float64)
@@ -257,7 +253,6 @@ def test_linear_attention_in_half_precision(E):
 # ---------------------------------------------------------------- the ops as torch sees them
 
 
-@NAN_GRAD_Q
 def test_opcheck_every_op(E):
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
     t = torch.tensor([0, 199])
@@ -272,7 +267,6 @@ def test_opcheck_every_op(E):
     torch.library.opcheck(E.linear_attention, (qkv, 2, 0.5))
 
 
-@NAN_GRAD_Q
 def test_gradcheck_float64(E):
     x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
     w = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
