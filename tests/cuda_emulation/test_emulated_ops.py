@@ -13,8 +13,6 @@ import emulation
 from ddpm_fast import GaussianDiffusion, reference
 
 HALF = [torch.float16, torch.bfloat16]
-# Bugs of today's kernels that these tests found; each mark goes with the commit that fixes it.
-MIXES_SAMPLES = pytest.mark.xfail(strict=True, reason="issue 9, bug 5: a dense batch that is not outermost mixes samples")
 DIFFUSION = GaussianDiffusion(200, fused=False)
 Q_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
 P_TABLES = ("sqrt_recip_alphas", "eps_coef", "posterior_std")
@@ -103,7 +101,7 @@ def test_updates_in_half_precision(E, op):
 
 
 @pytest.mark.parametrize("op", ["q_sample", "p_sample_update"])
-@pytest.mark.parametrize("layout", ["channels_last", "strided", pytest.param("batch_not_outermost", marks=MIXES_SAMPLES)])
+@pytest.mark.parametrize("layout", ["channels_last", "strided", "batch_not_outermost"])
 def test_updates_on_every_layout(E, op, layout):
     base = torch.randn(4, 3, 5, 6)
     x = {
