@@ -18,9 +18,9 @@ __global__ void per_sample_update_kernel(PerSampleUpdateParams p, int64_t first_
   const int64_t s = p.t[b];
   const bool valid = s >= 0 && s < p.timesteps;
   const A nan = A(__int_as_float(0x7fc00000));
-  const A ca = valid ? A(p.A[s]) : nan;
-  const A cb = valid ? A(p.B[s]) : nan;
-  const A cc = P_SAMPLE && valid ? A(p.C[s]) : A(0);
+  const A ca = valid ? static_cast<const A*>(p.A)[s] : nan;
+  const A cb = valid ? static_cast<const A*>(p.B)[s] : nan;
+  const A cc = P_SAMPLE && valid ? static_cast<const A*>(p.C)[s] : A(0);
   const T* x = static_cast<const T*>(p.x) + b * p.per_sample;
   const T* y = static_cast<const T*>(p.y) + b * p.per_sample;
   const T* z = P_SAMPLE ? static_cast<const T*>(p.z) + b * p.per_sample : nullptr;

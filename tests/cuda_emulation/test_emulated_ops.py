@@ -119,6 +119,17 @@ def test_updates_on_every_layout(E, op, layout):
     torch.testing.assert_close(run_update(E, op, args), reference_update(op, args))
 
 
+def test_float64_updates_use_float64_tables_unrounded(E):
+    # Tables with float64 precision (not float32 values widened): a kernel that rounds them to
+    # float32 is off by about 1e-8 relative.
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    t = torch.tensor([0, 7, 100, 199])
+    tables = [torch.rand(200, dtype=torch.float64) + 0.5 for _ in range(3)]
+    for op, args in (("q_sample", [x, t, *tables[:2], torch.randn_like(x)]),
+                     ("p_sample_update", [x, torch.randn_like(x), t, *tables, torch.randn_like(x)])):
+        torch.testing.assert_close(run_update(E, op, args), reference_update(op, args), rtol=1e-14, atol=1e-14)
+
+
 def test_out_of_range_timesteps_give_nan_samples_not_a_crash(E):
     x = torch.randn(3, 2, 4, 4)
     args = update_args("q_sample", x, torch.tensor([5, 200, -1]))
