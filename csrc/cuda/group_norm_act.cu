@@ -207,6 +207,7 @@ __global__ void grad_input_kernel(GroupNormActParams p) {
 }  // namespace
 
 int64_t group_norm_splits(int64_t rows, int64_t elements) {
+  if (rows <= 0 || elements <= 0) return 1;  // an empty input launches nothing
   const int64_t want = ceil_div(4 * sm_count(), rows);
   const int64_t most = ceil_div(elements, kThreads);
   const int64_t splits = want < most ? want : most;

@@ -259,7 +259,7 @@ const char* run(const LinearAttentionParams& p, cudaStream_t stream, bool backwa
 }
 
 const char* launch(const LinearAttentionParams& p, void* stream, bool backward) {
-  if (p.B == 0 || p.n == 0) return nullptr;
+  if (p.B == 0 || p.n == 0 || p.d == 0) return nullptr;  // an empty output: nothing to launch
   if (p.d > max_head_dim(p.dtype)) return "linear_attention: dim_head too large for the CUDA kernels";
   const char* error = nullptr;
   dispatch_dtype(p.dtype, [&]<typename T>() {

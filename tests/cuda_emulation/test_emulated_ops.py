@@ -163,7 +163,7 @@ def gn_forward_backward(op, args, act, grad):
     return [y.detach()] + [a.grad for a in inputs if torch.is_tensor(a)]
 
 
-GN_SHAPES = [(2, 16, 6, 6, 4), (1, 28, 7, 7, 1), (2, 6, 5, 3, 3), (3, 8, 1, 1, 4)]
+GN_SHAPES = [(2, 16, 6, 6, 4), (1, 28, 7, 7, 1), (2, 6, 5, 3, 3), (3, 8, 1, 1, 4), (0, 8, 4, 4, 2)]
 
 
 @pytest.mark.parametrize("act", ["none", "silu", "gelu"])
@@ -237,6 +237,14 @@ def test_linear_attention_forward_and_backward(E, b, heads, d, h, w):
     ref = attention_forward_backward(reference.linear_attention, qkv, heads, d ** -0.5, grad)
     for got, expected in zip(ours, ref):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("b, heads, d, h, w", [(0, 2, 8, 4, 4), (2, 2, 0, 4, 4), (2, 1, 8, 0, 3)])
+def test_linear_attention_empty_inputs(E, b, heads, d, h, w):
+    qkv = torch.randn(b, 3 * heads * d, h, w)
+    grad = torch.randn(b, heads * d, h, w)
+    y, grad_qkv = attention_forward_backward(E.linear_attention, qkv, heads, 1.0, grad)
+    assert y.shape == (b, heads * d, h, w) and grad_qkv.shape == qkv.shape
 
 
 def test_linear_attention_is_schedule_independent(E):
