@@ -137,23 +137,36 @@ inline void dispatch_act(int act, F&& f) {
   }
 }
 
-// Streaming multiprocessors of the current device, queried once per device: the split
-// reductions size their grids by it on every launch.
-inline int64_t sm_count() {
+// An attribute of the current device, queried once per device: launchers size their grids by
+// these on every launch.
+template <cudaDeviceAttr Attribute>
+inline int device_attribute(int fallback) {
   constexpr int kMaxDevices = 64;
-  static int counts[kMaxDevices] = {};
+  static int values[kMaxDevices] = {};
   int device = 0;
   cudaGetDevice(&device);
-  if (device < 0 || device >= kMaxDevices) return 80;
-  if (counts[device] == 0) {
-    int count = 0;
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    counts[device] = count > 0 ? count : 80;
+  if (device < 0 || device >= kMaxDevices) return fallback;
+  if (values[device] == 0) {
+    int value = 0;
+    cudaDeviceGetAttribute(&value, Attribute, device);
+    values[device] = value > 0 ? value : fallback;
   }
-  return counts[device];
+  return values[device];
 }
 
+// Streaming multiprocessors: the split reductions aim at a few blocks per SM.
+inline int64_t sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(80); }
+
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Kernels whose blockIdx.y indexes rows (samples, groups, heads) loop over rows blockIdx.y,
+// blockIdx.y + gridDim.y, ..., and are launched with grid_rows(rows) of them: grid.y may not
+// pass the device's limit (65535 on every GPU; queried rather than assumed so that the CPU
+// emulation can run the striding on small shapes, with a device of a lower limit).
+inline unsigned grid_rows(int64_t rows) {
+  const int64_t limit = device_attribute<cudaDevAttrMaxGridDimY>(65535);
+  return static_cast<unsigned>(rows < limit ? rows : limit);
+}
 
 }  // namespace cuda
 }  // namespace ddpm_fast

@@ -20,9 +20,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 NAMESPACE = "ddpm_fast_emulated"
 SCHEDULES = ("forward", "reverse", "shuffled")
-# What the emulated device reports as its SM count: an H100 SXM's, so the launchers size their
-# split reductions as they would there.
-SM_COUNT = 132
+# The emulated devices: H100 has an H100's SM count (132) and CUDA's grid limits, so launchers
+# size their grids as they would there; SMALL has 4 SMs and a grid.y limit of 3, so that small
+# inputs take the row striding meant for more than 65535 rows.
+H100, SMALL = 0, 1
 
 
 def cuda_headers():
@@ -85,21 +86,22 @@ def emulated_ops():
     return getattr(torch.ops, NAMESPACE)
 
 
-def configure(schedule="forward", workers=2, seed=0, sm_count=SM_COUNT):
+def configure(schedule="forward", workers=2, seed=0, device=H100):
     """How the next launches run: the order of threads and blocks (``SCHEDULES``), how many OS
-    threads run blocks concurrently, the shuffle seed and the SM count the device reports."""
-    _configure(library(), schedule, workers, seed, sm_count)
+    threads run blocks concurrently, the shuffle seed, and the current device (H100 or SMALL)."""
+    _configure(library(), schedule, workers, seed, device)
 
 
-def _configure(lib, schedule="forward", workers=2, seed=0, sm_count=SM_COUNT):
-    if lib.cuda_emulation_configure(schedule.encode(), workers, seed, sm_count) != 0:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+def _configure(lib, schedule="forward", workers=2, seed=0, device=H100):
+    if lib.cuda_emulation_configure(schedule.encode(), workers, seed, device) != 0:
+        raise ValueError(f"schedule must be one of {SCHEDULES} and device H100 or SMALL, got {schedule!r}, {device!r}")
 
 
 @contextlib.contextmanager
-def schedule(name, workers=2, seed=0, sm_count=SM_COUNT):
-    """Runs the body's launches under schedule ``name``, then restores the default."""
-    configure(name, workers, seed, sm_count)
+def schedule(name, workers=2, seed=0, device=H100):
+    """Runs the body's launches under schedule ``name`` (on ``device``), then restores the
+    defaults."""
+    configure(name, workers, seed, device)
     try:
         yield
     finally:

@@ -23,9 +23,10 @@ void add_after_launch_check(void (*check)(const char* what));
 
 extern "C" {
 // Schedule of the threads and blocks: "forward", "reverse" or "shuffled" (seeded); `workers`
-// OS threads run blocks concurrently; `sm_count` is what the emulated device reports.
-// Returns 0, or -1 for an unknown schedule.
-int cuda_emulation_configure(const char* schedule, int workers, unsigned long long seed, int sm_count);
+// OS threads run blocks concurrently; `device` is the current device: 0 (an H100's SM count and
+// CUDA's limits) or 1 (small: 4 SMs, grid.y and z at most 3). Returns 0, or -1 for an unknown
+// schedule or device.
+int cuda_emulation_configure(const char* schedule, int workers, unsigned long long seed, int device);
 // The handle launches must use: current_stream().
 void* cuda_emulation_current_stream();
 // Faults reported since the last clear, one per line.

@@ -30,7 +30,6 @@ thread_local const BuiltinIndices* running = nullptr;
 namespace {
 
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr unsigned kMaxGridY = 65535, kMaxGridZ = 65535;
 constexpr unsigned kMaxGridX = 2147483647u;
 constexpr size_t kStaticSharedLimit = 48 * 1024;
 constexpr size_t kSharedRedzone = 1024;       // after the last shared variable, checked per block
@@ -39,11 +38,21 @@ constexpr size_t kFirstStackPoison = 16 * 1024;
 constexpr unsigned char kPoison = 0xff;       // NaN in fp64, fp32, fp16 and bf16; -1 in integers
 constexpr int kWarpSize = 32;
 
+// The emulated devices. Device 0 has an H100's SM count and CUDA's grid limits; device 1 is
+// deliberately small (4 SMs, grid.y and z of at most 3), so that tests run the kernels' row
+// striding, meant for more than 65535 rows, on small inputs.
+struct Device {
+  int sm_count;
+  unsigned max_grid_yz;
+};
+constexpr Device kDevices[] = {{132, 65535}, {4, 3}};
+constexpr int kDeviceCount = sizeof(kDevices) / sizeof(kDevices[0]);
+
 struct Config {
   enum class Order { kForward, kReverse, kShuffled } order = Order::kForward;
   int workers = 2;
   uint64_t seed = 0;
-  int sm_count = 132;  // an H100 SXM
+  int device = 0;  // what cudaGetDevice reports
 };
 Config config;
 std::mutex config_mutex;
@@ -544,14 +553,15 @@ void* Worker::shared_variable(const void* site, size_t bytes, size_t alignment, 
 std::mutex workers_mutex;
 std::vector<std::unique_ptr<Worker>> workers;
 
-std::string check_configuration(dim3 grid, dim3 block) {
+std::string check_configuration(dim3 grid, dim3 block, const Device& device) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (block.x == 0 || block.y == 0 || block.z == 0) return "block " + dims(block) + " has no threads";
   if (block.x > 1024 || block.y > 1024 || block.z > 64 || threads > kMaxThreadsPerBlock)
     return "block " + dims(block) + " has " + std::to_string(threads) + " threads: at most 1024 (x, y <= 1024, z <= 64)";
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return "grid " + dims(grid) + " has no blocks";
-  if (grid.x > kMaxGridX || grid.y > kMaxGridY || grid.z > kMaxGridZ)
-    return "grid " + dims(grid) + " exceeds CUDA's limits: x <= 2^31 - 1, y and z <= 65535";
+  if (grid.x > kMaxGridX || grid.y > device.max_grid_yz || grid.z > device.max_grid_yz)
+    return "grid " + dims(grid) + " exceeds the device's limits: x <= 2^31 - 1, y and z <= " +
+           std::to_string(device.max_grid_yz);
   if (uint64_t(grid.x) * grid.y * grid.z > (uint64_t(1) << 28))
     return "grid " + dims(grid) + " has more blocks than the emulation runs (2^28)";
   return {};
@@ -615,7 +625,12 @@ void run_grid(const char* kernel, dim3 grid_dim, dim3 block_dim, cudaStream_t st
                          std::to_string(grid_dim.z) + "|" + std::to_string(block_dim.x) + "," +
                          std::to_string(block_dim.y) + "," + std::to_string(block_dim.z));
   }
-  const std::string invalid = check_configuration(grid_dim, block_dim);
+  Config settings;
+  {
+    std::lock_guard<std::mutex> config_lock(config_mutex);
+    settings = config;
+  }
+  const std::string invalid = check_configuration(grid_dim, block_dim, kDevices[settings.device]);
   if (!invalid.empty()) {
     set_error(cudaErrorInvalidConfiguration,
               "invalid configuration argument (cuda emulation: " + invalid + ", in the launch of " + kernel + ")");
@@ -625,11 +640,6 @@ void run_grid(const char* kernel, dim3 grid_dim, dim3 block_dim, cudaStream_t st
     set_error(cudaErrorInvalidResourceHandle, std::string("cuda emulation: ") + kernel +
                                                   " was launched on a stream that is not the current stream");
     return;
-  }
-  Config settings;
-  {
-    std::lock_guard<std::mutex> config_lock(config_mutex);
-    settings = config;
   }
   static std::atomic<uint64_t> launches{0};
   const uint64_t launch_number = launches++;
@@ -696,18 +706,20 @@ const char* cudaGetErrorString(cudaError_t error) {
 }
 
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  std::lock_guard<std::mutex> lock(cuda_emulation::config_mutex);
+  *device = cuda_emulation::config.device;
   return cudaSuccess;
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
-  if (device != 0) return cuda_emulation::last_error = cudaErrorInvalidDevice;
+  if (device < 0 || device >= cuda_emulation::kDeviceCount) return cuda_emulation::last_error = cudaErrorInvalidDevice;
+  const cuda_emulation::Device& emulated = cuda_emulation::kDevices[device];
   switch (attr) {
-    case cudaDevAttrMultiProcessorCount: *value = cuda_emulation::config.sm_count; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = emulated.sm_count; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
     case cudaDevAttrMaxGridDimX: *value = 2147483647; return cudaSuccess;
-    case cudaDevAttrMaxGridDimY: *value = 65535; return cudaSuccess;
-    case cudaDevAttrMaxGridDimZ: *value = 65535; return cudaSuccess;
+    case cudaDevAttrMaxGridDimY: *value = static_cast<int>(emulated.max_grid_yz); return cudaSuccess;
+    case cudaDevAttrMaxGridDimZ: *value = static_cast<int>(emulated.max_grid_yz); return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; return cudaSuccess;
     case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
     default:
@@ -744,7 +756,7 @@ cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 
 extern "C" {
 
-int cuda_emulation_configure(const char* schedule, int workers, unsigned long long seed, int sm_count) {
+int cuda_emulation_configure(const char* schedule, int workers, unsigned long long seed, int device) {
   using Order = cuda_emulation::Config::Order;
   const std::string name = schedule;
   Order order;
@@ -752,11 +764,12 @@ int cuda_emulation_configure(const char* schedule, int workers, unsigned long lo
   else if (name == "reverse") order = Order::kReverse;
   else if (name == "shuffled") order = Order::kShuffled;
   else return -1;
+  if (device < 0 || device >= cuda_emulation::kDeviceCount) return -1;
   std::lock_guard<std::mutex> lock(cuda_emulation::config_mutex);
   cuda_emulation::config.order = order;
   cuda_emulation::config.workers = workers < 1 ? 1 : workers;
   cuda_emulation::config.seed = seed;
-  cuda_emulation::config.sm_count = sm_count < 1 ? 1 : sm_count;
+  cuda_emulation::config.device = device;
   return 0;
 }
 

@@ -23,12 +23,12 @@ def E(emulated):
     return emulated
 
 
-def run_under_every_schedule(fn, exact=True):
+def run_under_every_schedule(fn, exact=True, device=emulation.H100):
     """fn() under each schedule of threads and blocks; the results must agree (exactly, or up to
     the rounding a different order of float atomics gives). Returns the forward schedule's."""
     results = []
     for index, name in enumerate(emulation.SCHEDULES):
-        with emulation.schedule(name, seed=index):
+        with emulation.schedule(name, seed=index, device=device):
             results.append(fn())
     for other in results[1:]:
         for a, b in zip(_flat(results[0]), _flat(other)):
@@ -117,6 +117,14 @@ def test_updates_on_every_layout(E, op, layout):
         args = [a.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3) if torch.is_tensor(a) and a.dim() == 4 else a
                 for a in args]
     torch.testing.assert_close(run_update(E, op, args), reference_update(op, args))
+
+
+def test_updates_of_more_than_65535_samples(E):
+    x = torch.randn(65600, 1, 1, 2)  # the cheapest kernel runs the real thing
+    args = update_args("p_sample_update", x, torch.randint(0, 200, (65600,)))
+    emulation.take_launches()
+    torch.testing.assert_close(run_update(E, "p_sample_update", args), reference_update("p_sample_update", args))
+    assert max(grid[1] for grid, _ in launched("per_sample_update_kernel")) == 65535
 
 
 def test_float64_updates_use_float64_tables_unrounded(E):
@@ -218,6 +226,20 @@ def test_group_norm_act_batch_1_splits_one_large_group(E):
     torch.testing.assert_close(got, reference.group_norm_act(*args, "silu"), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_group_norm_act_more_rows_than_grid_y_allows(E, channels_last):
+    # On the small device grid.y stops at 3: 15 (sample, group) rows forward, 60 (sample,
+    # channel) rows or 5 samples backward take the striding meant for more than 65535 rows.
+    args = gn_args(5, 12, 3, 3, 3, channels_last=channels_last)
+    grad = torch.randn(5, 12, 3, 3)
+    emulation.take_launches()
+    ours = run_under_every_schedule(lambda: gn_forward_backward(E.group_norm_act, args, "silu", grad),
+                                    exact=False, device=emulation.SMALL)
+    assert max(grid[1] for _, grid, _ in emulation.take_launches()) == 3
+    for got, expected in zip(ours, gn_forward_backward(reference.group_norm_act, args, "silu", grad)):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- linear_attention
 
 
@@ -245,6 +267,18 @@ def test_linear_attention_empty_inputs(E, b, heads, d, h, w):
     grad = torch.randn(b, heads * d, h, w)
     y, grad_qkv = attention_forward_backward(E.linear_attention, qkv, heads, 1.0, grad)
     assert y.shape == (b, heads * d, h, w) and grad_qkv.shape == qkv.shape
+
+
+def test_linear_attention_more_heads_than_grid_y_allows(E):
+    # 8 (sample, head) rows on the small device, whose grid.y stops at 3.
+    qkv = torch.randn(4, 3 * 2 * 8, 3, 5)
+    grad = torch.randn(4, 2 * 8, 3, 5)
+    emulation.take_launches()
+    ours = run_under_every_schedule(lambda: attention_forward_backward(E.linear_attention, qkv, 2, 0.5, grad),
+                                    exact=False, device=emulation.SMALL)
+    assert max(grid[1] for _, grid, _ in emulation.take_launches()) == 3
+    for got, expected in zip(ours, attention_forward_backward(reference.linear_attention, qkv, 2, 0.5, grad)):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_linear_attention_is_schedule_independent(E):
