@@ -172,8 +172,14 @@ class GaussianDiffusion(nn.Module):
     def _graphed_step(self, model, img, t):
         """A function replaying one captured reverse step that reads ``img`` and ``t`` in place
         and returns the graph's output tensor (valid until the next replay)."""
+        autocast = torch.is_autocast_enabled("cuda")
+        autocast_dtype = torch.get_autocast_dtype("cuda")
+
         def body():
-            return self._p_sample_step(model, img, t, torch.randn_like(img))
+            # Under autocast, capture needs the cast cache off (PyTorch's CUDA-graph notes): cached
+            # casts of the weights made outside the capture would be reused inside it.
+            with torch.autocast("cuda", dtype=autocast_dtype, enabled=autocast, cache_enabled=False):
+                return self._p_sample_step(model, img, t, torch.randn_like(img))
 
         t.fill_(self.timesteps - 1)
         saved = img.clone()

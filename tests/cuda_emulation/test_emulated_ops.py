@@ -11,8 +11,8 @@ import torch
 
 import emulation
 from ddpm_fast import GaussianDiffusion, reference
+from ddpm_fast.testing import assert_half_precision_rule
 
-HALF = [torch.float16, torch.bfloat16]
 DIFFUSION = GaussianDiffusion(200, fused=False)
 Q_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
 P_TABLES = ("sqrt_recip_alphas", "eps_coef", "posterior_std")
@@ -41,21 +41,6 @@ def run_under_every_schedule(fn, exact=True, device=emulation.H100):
 
 def _flat(result):
     return list(result) if isinstance(result, (tuple, list)) else [result]
-
-
-def oracle_error(fn, ref_fn, args, dtype):
-    """max |fn(args in dtype) - ref_fn(args in float64)|."""
-    cast = [a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-    wide = [a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-    return (fn(*cast).double() - ref_fn(*wide).double()).abs().max().item()
-
-
-def assert_half_precision_rule(fused, ref, args):
-    """flash-attention's rule: in fp16/bf16 the kernel's error against the fp64 oracle is at most
-    twice the reference's own error in that dtype."""
-    for dtype in HALF:
-        ours, theirs = oracle_error(fused, ref, args, dtype), oracle_error(ref, ref, args, dtype)
-        assert ours <= 2 * theirs + 1e-6, (dtype, ours, theirs)
 
 
 def launched(name_part):
