@@ -159,14 +159,19 @@ inline int64_t sm_count() { return device_attribute<cudaDevAttrMultiProcessorCou
 
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Kernels whose blockIdx.y indexes rows (samples, groups, heads) loop over rows blockIdx.y,
-// blockIdx.y + gridDim.y, ..., and are launched with grid_rows(rows) of them: grid.y may not
-// pass the device's limit (65535 on every GPU; queried rather than assumed so that the CPU
-// emulation can run the striding on small shapes, with a device of a lower limit).
-inline unsigned grid_rows(int64_t rows) {
+// Kernels with one block row per sample, group or head index that row as grid_row() and launch
+// row_grid(x, rows) blocks: grid.y may not pass the device's limit (65535 on every GPU, so a
+// GroupNorm backward at batch 128 x 1024 channels would), and the rows beyond it continue in
+// grid.z. The limit is queried rather than assumed so that the CPU emulation can run the
+// overflow on small shapes, with a device of a lower limit. A kernel returns at once, before any
+// barrier, when grid_row() >= rows (the last z slice is partly empty).
+inline dim3 row_grid(unsigned x, int64_t rows) {
   const int64_t limit = device_attribute<cudaDevAttrMaxGridDimY>(65535);
-  return static_cast<unsigned>(rows < limit ? rows : limit);
+  const int64_t y = rows < 1 ? 1 : (rows < limit ? rows : limit);
+  return dim3(x, static_cast<unsigned>(y), static_cast<unsigned>(ceil_div(rows, y)));
 }
+
+__device__ __forceinline__ int64_t grid_row() { return int64_t(blockIdx.z) * gridDim.y + blockIdx.y; }
 
 }  // namespace cuda
 }  // namespace ddpm_fast

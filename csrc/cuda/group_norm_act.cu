@@ -1,6 +1,6 @@
 // CUDA kernels of group_norm_act, forward and backward, NCHW and channels_last.
 //
-// Forward = two kernels. (1) Split statistics: blockIdx.y = (n, g) (grid-strided), blockIdx.x = one of
+// Forward = two kernels. (1) Split statistics: grid_row() = (n, g), blockIdx.x = one of
 // `splits` slices of the group's M = C/G * H*W elements, so batch-1 sampling still fills the GPU
 // (one block per (n, g) would leave most SMs idle at N*G = 1). Each slice writes shifted sums
 // (shift = the group's first element, which avoids the cancellation of plain sum-of-squares).
@@ -43,24 +43,23 @@ template <typename T>
 __global__ void partial_stats_kernel(GroupNormActParams p, GroupIndex gi) {
   using A = acc_t<T>;
   DDPM_SHARED(A[32], shared);
+  const int64_t ng = grid_row(), n = ng / p.G, g = ng % p.G;
+  if (ng >= p.N * p.G) return;
   const int64_t M = gi.Cg * p.HW, per = ceil_div(M, p.splits);
   const int64_t begin = blockIdx.x * per, end = begin + per < M ? begin + per : M;
-  for (int64_t ng = blockIdx.y; ng < p.N * p.G; ng += gridDim.y) {
-    const int64_t n = ng / p.G, g = ng % p.G;
-    const A shift = load<T>(p.x, gi.offset(n, g, 0));
-    A s = 0, sq = 0;
-    for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
-      const A v = load<T>(p.x, gi.offset(n, g, k)) - shift;
-      s += v;
-      sq += v * v;
-    }
-    s = block_sum(s, shared);
-    sq = block_sum(sq, shared);
-    if (threadIdx.x == 0) {
-      A* partials = static_cast<A*>(p.partials) + (ng * p.splits + blockIdx.x) * 2;
-      partials[0] = s;
-      partials[1] = sq;
-    }
+  const A shift = load<T>(p.x, gi.offset(n, g, 0));
+  A s = 0, sq = 0;
+  for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
+    const A v = load<T>(p.x, gi.offset(n, g, k)) - shift;
+    s += v;
+    sq += v * v;
+  }
+  s = block_sum(s, shared);
+  sq = block_sum(sq, shared);
+  if (threadIdx.x == 0) {
+    A* partials = static_cast<A*>(p.partials) + (ng * p.splits + blockIdx.x) * 2;
+    partials[0] = s;
+    partials[1] = sq;
   }
 }
 
@@ -86,24 +85,23 @@ template <typename T, int ACT>
 __global__ void apply_kernel(GroupNormActParams p, GroupIndex gi) {
   using A = acc_t<T>;
   DDPM_SHARED(A[32], shared);
+  const int64_t ng = grid_row(), n = ng / p.G, g = ng % p.G;
+  if (ng >= p.N * p.G) return;
   const int64_t M = gi.Cg * p.HW, per = ceil_div(M, p.splits);
+  A mean, rstd;
+  group_stats<A>(p, ng, load<T>(p.x, gi.offset(n, g, 0)), M, shared, &mean, &rstd);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    static_cast<A*>(p.mean)[ng] = mean;
+    static_cast<A*>(p.rstd)[ng] = rstd;
+  }
   const int64_t begin = blockIdx.x * per, end = begin + per < M ? begin + per : M;
-  for (int64_t ng = blockIdx.y; ng < p.N * p.G; ng += gridDim.y) {
-    const int64_t n = ng / p.G, g = ng % p.G;
-    A mean, rstd;
-    group_stats<A>(p, ng, load<T>(p.x, gi.offset(n, g, 0)), M, shared, &mean, &rstd);
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-      static_cast<A*>(p.mean)[ng] = mean;
-      static_cast<A*>(p.rstd)[ng] = rstd;
-    }
-    for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
-      const int64_t c = gi.channel(g, k), off = gi.offset(n, g, k);
-      const A w = load_or<T>(p.weight, c, A(1)), b = load_or<T>(p.bias, c, A(0));
-      const A s1 = A(1) + load_or<T>(p.scale, n * p.C + c, A(0));
-      const A sh = load_or<T>(p.shift, n * p.C + c, A(0));
-      const A xhat = (load<T>(p.x, off) - mean) * rstd;
-      static_cast<T*>(p.y)[off] = from_acc<T>(act_forward<ACT>((xhat * w + b) * s1 + sh));
-    }
+  for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
+    const int64_t c = gi.channel(g, k), off = gi.offset(n, g, k);
+    const A w = load_or<T>(p.weight, c, A(1)), b = load_or<T>(p.bias, c, A(0));
+    const A s1 = A(1) + load_or<T>(p.scale, n * p.C + c, A(0));
+    const A sh = load_or<T>(p.shift, n * p.C + c, A(0));
+    const A xhat = (load<T>(p.x, off) - mean) * rstd;
+    static_cast<T*>(p.y)[off] = from_acc<T>(act_forward<ACT>((xhat * w + b) * s1 + sh));
   }
 }
 
@@ -127,8 +125,8 @@ __device__ __forceinline__ void grads(const GroupNormActParams& p, int64_t n, in
   }
 }
 
-// Per-(n, c) sums of du and du * xhat. Rows (blockIdx.y, grid-strided) are n * C + c for NCHW
-// (rows of HW), or n for channels_last (threads along channels, blockIdx.x slices of positions).
+// Per-(n, c) sums of du and du * xhat. grid_row() = n * C + c for NCHW (rows of HW), or n for
+// channels_last (threads along channels, blockIdx.x slices of positions).
 template <typename T, int ACT>
 __global__ void grad_sums_kernel(GroupNormActParams p) {
   using A = acc_t<T>;
@@ -138,40 +136,39 @@ __global__ void grad_sums_kernel(GroupNormActParams p) {
   const int64_t Cg = p.C / p.G;
   const int64_t per = ceil_div(p.HW, p.splits);
   const int64_t begin = blockIdx.x * per, end = begin + per < p.HW ? begin + per : p.HW;
+  const int64_t row = grid_row();
+  if (row >= (p.nhwc ? p.N : p.N * p.C)) return;
   if (!p.nhwc) {
-    for (int64_t nc = blockIdx.y; nc < p.N * p.C; nc += gridDim.y) {
-      const int64_t n = nc / p.C, c = nc % p.C, ng = n * p.G + c / Cg;
-      const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
-      A s1 = 0, s2 = 0;
-      for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-        A du, xhat;
-        grads<T, ACT>(p, n, c, nc * p.HW + j, mean, rstd, &du, &xhat);
-        s1 += du;
-        s2 += du * xhat;
-      }
-      s1 = block_sum(s1, shared);
-      s2 = block_sum(s2, shared);
-      if (threadIdx.x == 0) {
-        atomicAdd(sum_du + nc, s1);
-        atomicAdd(sum_du_xhat + nc, s2);
-      }
+    const int64_t nc = row, n = nc / p.C, c = nc % p.C, ng = n * p.G + c / Cg;
+    const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
+    A s1 = 0, s2 = 0;
+    for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+      A du, xhat;
+      grads<T, ACT>(p, n, c, nc * p.HW + j, mean, rstd, &du, &xhat);
+      s1 += du;
+      s2 += du * xhat;
+    }
+    s1 = block_sum(s1, shared);
+    s2 = block_sum(s2, shared);
+    if (threadIdx.x == 0) {
+      atomicAdd(sum_du + nc, s1);
+      atomicAdd(sum_du_xhat + nc, s2);
     }
     return;
   }
-  for (int64_t n = blockIdx.y; n < p.N; n += gridDim.y) {
-    for (int64_t c = threadIdx.x; c < p.C; c += blockDim.x) {
-      const int64_t ng = n * p.G + c / Cg;
-      const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
-      A s1 = 0, s2 = 0;
-      for (int64_t j = begin; j < end; ++j) {
-        A du, xhat;
-        grads<T, ACT>(p, n, c, (n * p.HW + j) * p.C + c, mean, rstd, &du, &xhat);
-        s1 += du;
-        s2 += du * xhat;
-      }
-      atomicAdd(sum_du + n * p.C + c, s1);
-      atomicAdd(sum_du_xhat + n * p.C + c, s2);
+  const int64_t n = row;
+  for (int64_t c = threadIdx.x; c < p.C; c += blockDim.x) {
+    const int64_t ng = n * p.G + c / Cg;
+    const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
+    A s1 = 0, s2 = 0;
+    for (int64_t j = begin; j < end; ++j) {
+      A du, xhat;
+      grads<T, ACT>(p, n, c, (n * p.HW + j) * p.C + c, mean, rstd, &du, &xhat);
+      s1 += du;
+      s2 += du * xhat;
     }
+    atomicAdd(sum_du + n * p.C + c, s1);
+    atomicAdd(sum_du_xhat + n * p.C + c, s2);
   }
 }
 
@@ -224,7 +221,7 @@ const char* launch_group_norm_act_forward(const GroupNormActParams& p, void* str
   if (p.N == 0 || p.C == 0 || p.HW == 0) return nullptr;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   const GroupIndex gi{p.C, p.HW, p.C / p.G, p.nhwc};
-  const dim3 grid(static_cast<unsigned>(p.splits), grid_rows(p.N * p.G));
+  const dim3 grid = row_grid(static_cast<unsigned>(p.splits), p.N * p.G);
   dispatch_dtype(p.dtype, [&]<typename T>() {
     launch_kernel<partial_stats_kernel<T>>(grid, dim3(kThreads), stream, p, gi);
     dispatch_act(p.act, [&]<int ACT>() { launch_kernel<apply_kernel<T, ACT>>(grid, dim3(kThreads), stream, p, gi); });
@@ -242,7 +239,7 @@ const char* launch_group_norm_act_backward(const GroupNormActParams& p, void* st
   GroupNormActParams q = p;  // the sums split HW per (n, c) row (NCHW) or per sample (NHWC)
   const int64_t rows = p.nhwc ? p.N : p.N * p.C;
   q.splits = group_norm_splits(rows, p.HW);
-  const dim3 sums_grid(static_cast<unsigned>(q.splits), grid_rows(rows));
+  const dim3 sums_grid = row_grid(static_cast<unsigned>(q.splits), rows);
   const int64_t total = p.N * p.C * p.HW;
   const unsigned blocks = static_cast<unsigned>(ceil_div(total, kThreads) < 65535 * 8 ? ceil_div(total, kThreads) : 65535 * 8);
   dispatch_dtype(p.dtype, [&]<typename T>() {

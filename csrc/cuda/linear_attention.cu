@@ -4,8 +4,7 @@
 // K = softmax_n(k) per channel, C = K v^T (d x d), out = (scale * C)^T Sq.
 // Kernels and their parallelisation:
 //   k_stats:  one block per row of k (b, h, d): max and sum of exp over the n positions.
-//   context:  blockIdx.y = (b, h) (grid-strided, as in the two kernels below), blockIdx.x = a
-//             slice of positions; tiles of K and v (and,
+//   context:  grid_row() = (b, h), blockIdx.x = a slice of positions; tiles of K and v (and,
 //             backward, of Sq and grad_out) in shared memory; each thread owns a few of the
 //             d x d entries and atomically adds its slice's sum (C, and dC = Sq grad_out^T).
 //   output:   one thread per position: softmax of its q column in registers, then out = C'^T p.
@@ -76,59 +75,59 @@ __global__ void context_kernel(LinearAttentionParams p, int64_t per_block) {
   DDPM_SHARED(A[D][kT], v_tile);
   DDPM_SHARED(A[BACKWARD ? D : 1][kT], q_tile);
   DDPM_SHARED(A[BACKWARD ? D : 1][kT], g_tile);
+  const int64_t bh = grid_row();
+  if (bh >= p.B * p.heads) return;
   const int d = static_cast<int>(p.d);
+  const T *q = slice<T>(p, 0, bh), *k = slice<T>(p, 1, bh), *v = slice<T>(p, 2, bh);
+  const T* g = BACKWARD ? static_cast<const T*>(p.grad_out) + bh * p.d * p.n : nullptr;
+  const A* stats = static_cast<const A*>(p.k_stats) + bh * p.d * 2;
+  A acc[kEntries] = {}, dacc[kEntries] = {};
   const int64_t begin = blockIdx.x * per_block;
   const int64_t end = begin + per_block < p.n ? begin + per_block : p.n;
-  for (int64_t bh = blockIdx.y; bh < p.B * p.heads; bh += gridDim.y) {
-    const T *q = slice<T>(p, 0, bh), *k = slice<T>(p, 1, bh), *v = slice<T>(p, 2, bh);
-    const T* g = BACKWARD ? static_cast<const T*>(p.grad_out) + bh * p.d * p.n : nullptr;
-    const A* stats = static_cast<const A*>(p.k_stats) + bh * p.d * 2;
-    A acc[kEntries] = {}, dacc[kEntries] = {};
-    for (int64_t base = begin; base < end; base += kT) {
-      for (int idx = threadIdx.x; idx < D * kT; idx += blockDim.x) {
-        const int i = idx / kT, jj = idx % kT;
-        const int64_t j = base + jj;
-        const bool in = i < d && j < end;
-        k_tile[i][jj] = in ? exp(to_acc(k[i * p.n + j]) - stats[2 * i]) / stats[2 * i + 1] : A(0);
-        v_tile[i][jj] = in ? to_acc(v[i * p.n + j]) : A(0);
-        if constexpr (BACKWARD) g_tile[i][jj] = in ? to_acc(g[i * p.n + j]) : A(0);
-      }
-      if constexpr (BACKWARD) {
-        // Sq for the tile: one thread per position computes its column softmax.
-        for (int jj = threadIdx.x; jj < kT; jj += blockDim.x) {
-          const int64_t j = base + jj;
-          A col[D];
-          if (j < end) q_softmax<D, T>(q, p.n, j, d, col);
-#pragma unroll
-          for (int i = 0; i < D; ++i) q_tile[i][jj] = (j < end && i < d) ? col[i] : A(0);
-        }
-      }
-      __syncthreads();
-#pragma unroll
-      for (int e = 0; e < kEntries; ++e) {
-        const int idx = threadIdx.x + e * kThreads;
-        if (idx < D * D) {
-          const int i = idx / D, c = idx % D;
-          A s = 0, ds = 0;
-#pragma unroll 8
-          for (int jj = 0; jj < kT; ++jj) {
-            s += k_tile[i][jj] * v_tile[c][jj];
-            if constexpr (BACKWARD) ds += q_tile[i][jj] * g_tile[c][jj];
-          }
-          acc[e] += s;
-          dacc[e] += ds;
-        }
-      }
-      __syncthreads();
+  for (int64_t base = begin; base < end; base += kT) {
+    for (int idx = threadIdx.x; idx < D * kT; idx += blockDim.x) {
+      const int i = idx / kT, jj = idx % kT;
+      const int64_t j = base + jj;
+      const bool in = i < d && j < end;
+      k_tile[i][jj] = in ? exp(to_acc(k[i * p.n + j]) - stats[2 * i]) / stats[2 * i + 1] : A(0);
+      v_tile[i][jj] = in ? to_acc(v[i * p.n + j]) : A(0);
+      if constexpr (BACKWARD) g_tile[i][jj] = in ? to_acc(g[i * p.n + j]) : A(0);
     }
+    if constexpr (BACKWARD) {
+      // Sq for the tile: one thread per position computes its column softmax.
+      for (int jj = threadIdx.x; jj < kT; jj += blockDim.x) {
+        const int64_t j = base + jj;
+        A col[D];
+        if (j < end) q_softmax<D, T>(q, p.n, j, d, col);
+#pragma unroll
+        for (int i = 0; i < D; ++i) q_tile[i][jj] = (j < end && i < d) ? col[i] : A(0);
+      }
+    }
+    __syncthreads();
 #pragma unroll
     for (int e = 0; e < kEntries; ++e) {
       const int idx = threadIdx.x + e * kThreads;
-      const int i = idx / D, c = idx % D;
-      if (idx < D * D && i < d && c < d) {
-        atomicAdd(static_cast<A*>(p.ctx) + (bh * p.d + i) * p.d + c, acc[e]);
-        if constexpr (BACKWARD) atomicAdd(static_cast<A*>(p.dctx) + (bh * p.d + i) * p.d + c, dacc[e]);
+      if (idx < D * D) {
+        const int i = idx / D, c = idx % D;
+        A s = 0, ds = 0;
+#pragma unroll 8
+        for (int jj = 0; jj < kT; ++jj) {
+          s += k_tile[i][jj] * v_tile[c][jj];
+          if constexpr (BACKWARD) ds += q_tile[i][jj] * g_tile[c][jj];
+        }
+        acc[e] += s;
+        dacc[e] += ds;
       }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int e = 0; e < kEntries; ++e) {
+    const int idx = threadIdx.x + e * kThreads;
+    const int i = idx / D, c = idx % D;
+    if (idx < D * D && i < d && c < d) {
+      atomicAdd(static_cast<A*>(p.ctx) + (bh * p.d + i) * p.d + c, acc[e]);
+      if constexpr (BACKWARD) atomicAdd(static_cast<A*>(p.dctx) + (bh * p.d + i) * p.d + c, dacc[e]);
     }
   }
 }
@@ -138,38 +137,61 @@ template <int D, typename T>
 __global__ void output_kernel(LinearAttentionParams p) {
   using A = acc_t<T>;
   DDPM_SHARED(A[D][D], ctx);
+  const int64_t bh = grid_row();
+  if (bh >= p.B * p.heads) return;
   const int d = static_cast<int>(p.d);
+  for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
+    const int i = idx / D, c = idx % D;
+    ctx[i][c] = (i < d && c < d) ? A(p.scale) * static_cast<const A*>(p.ctx)[(bh * p.d + i) * p.d + c] : A(0);
+  }
+  __syncthreads();
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (int64_t bh = blockIdx.y; bh < p.B * p.heads; bh += gridDim.y) {
-    __syncthreads();  // every thread is done with the previous (b, h)'s ctx
-    for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
-      const int i = idx / D, c = idx % D;
-      ctx[i][c] = (i < d && c < d) ? A(p.scale) * static_cast<const A*>(p.ctx)[(bh * p.d + i) * p.d + c] : A(0);
-    }
-    __syncthreads();
-    if (j >= p.n) continue;
-    A sq[D];
-    q_softmax<D, T>(slice<T>(p, 0, bh), p.n, j, d, sq);
-    T* out = static_cast<T*>(p.out) + bh * p.d * p.n;
-    for (int c = 0; c < d; ++c) {
-      A s = 0;
+  if (j >= p.n) return;
+  A sq[D];
+  q_softmax<D, T>(slice<T>(p, 0, bh), p.n, j, d, sq);
+  T* out = static_cast<T*>(p.out) + bh * p.d * p.n;
+  for (int c = 0; c < d; ++c) {
+    A s = 0;
 #pragma unroll
-      for (int i = 0; i < D; ++i)
-        if (i < d) s += ctx[i][c] * sq[i];
-      out[c * p.n + j] = from_acc<T>(s);
-    }
+    for (int i = 0; i < D; ++i)
+      if (i < d) s += ctx[i][c] * sq[i];
+    out[c * p.n + j] = from_acc<T>(s);
   }
 }
 
-// dq, dk and dv at position j of (b, h) = bh, from the block's copies of C, dC', rowdot and the
-// k statistics.
+// Backward, one thread per position j: dq, dk and dv.
 template <int D, typename T>
-__device__ __forceinline__ void position_grads(const LinearAttentionParams& p, int64_t bh, int64_t j,
-                                               const acc_t<T> (&ctx)[D][D], const acc_t<T> (&dctx)[D][D],
-                                               const acc_t<T>* rowdot, const acc_t<T>* kmax, const acc_t<T>* ksum) {
+__global__ void input_grads_kernel(LinearAttentionParams p) {
   using A = acc_t<T>;
+  DDPM_SHARED(A[D][D], ctx);
+  DDPM_SHARED(A[D][D], dctx);
+  DDPM_SHARED(A[D], rowdot);
+  DDPM_SHARED(A[D], kmax);
+  DDPM_SHARED(A[D], ksum);
+  const int64_t bh = grid_row();
+  if (bh >= p.B * p.heads) return;
   const int d = static_cast<int>(p.d);
   const A scale = A(p.scale);
+  for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
+    const int i = idx / D, c = idx % D;
+    const bool in = i < d && c < d;
+    const int64_t at = (bh * p.d + i) * p.d + c;
+    ctx[i][c] = in ? static_cast<const A*>(p.ctx)[at] : A(0);                 // C (unscaled)
+    dctx[i][c] = in ? scale * static_cast<const A*>(p.dctx)[at] : A(0);       // dL/d(K v^T)
+  }
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    kmax[i] = i < d ? static_cast<const A*>(p.k_stats)[(bh * p.d + i) * 2] : A(0);
+    ksum[i] = i < d ? static_cast<const A*>(p.k_stats)[(bh * p.d + i) * 2 + 1] : A(1);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    A s = 0;
+    for (int c = 0; c < D; ++c) s += dctx[i][c] * ctx[i][c];
+    rowdot[i] = s;
+  }
+  __syncthreads();
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= p.n) return;
   const T *q = slice<T>(p, 0, bh), *k = slice<T>(p, 1, bh), *v = slice<T>(p, 2, bh);
   const T* g = static_cast<const T*>(p.grad_out) + bh * p.d * p.n;
   const int64_t b = bh / p.heads, h = bh % p.heads;
@@ -213,42 +235,6 @@ __device__ __forceinline__ void position_grads(const LinearAttentionParams& p, i
   }
 }
 
-// Backward, one thread per position j: dq, dk and dv.
-template <int D, typename T>
-__global__ void input_grads_kernel(LinearAttentionParams p) {
-  using A = acc_t<T>;
-  DDPM_SHARED(A[D][D], ctx);
-  DDPM_SHARED(A[D][D], dctx);
-  DDPM_SHARED(A[D], rowdot);
-  DDPM_SHARED(A[D], kmax);
-  DDPM_SHARED(A[D], ksum);
-  const int d = static_cast<int>(p.d);
-  const A scale = A(p.scale);
-  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (int64_t bh = blockIdx.y; bh < p.B * p.heads; bh += gridDim.y) {
-    __syncthreads();  // every thread is done with the previous (b, h)'s tables
-    for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
-      const int i = idx / D, c = idx % D;
-      const bool in = i < d && c < d;
-      const int64_t at = (bh * p.d + i) * p.d + c;
-      ctx[i][c] = in ? static_cast<const A*>(p.ctx)[at] : A(0);            // C (unscaled)
-      dctx[i][c] = in ? scale * static_cast<const A*>(p.dctx)[at] : A(0);  // dL/d(K v^T)
-    }
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-      kmax[i] = i < d ? static_cast<const A*>(p.k_stats)[(bh * p.d + i) * 2] : A(0);
-      ksum[i] = i < d ? static_cast<const A*>(p.k_stats)[(bh * p.d + i) * 2 + 1] : A(1);
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-      A s = 0;
-      for (int c = 0; c < D; ++c) s += dctx[i][c] * ctx[i][c];
-      rowdot[i] = s;
-    }
-    __syncthreads();
-    if (j < p.n) position_grads<D, T>(p, bh, j, ctx, dctx, rowdot, kmax, ksum);
-  }
-}
-
 template <int D, typename T>
 const char* run(const LinearAttentionParams& p, cudaStream_t stream, bool backward) {
   using A = acc_t<T>;
@@ -263,8 +249,8 @@ const char* run(const LinearAttentionParams& p, cudaStream_t stream, bool backwa
   slices = slices < most ? slices : most;
   slices = slices < 1 ? 1 : slices;
   const int64_t per_block = ceil_div(ceil_div(p.n, slices), kTile<A>) * kTile<A>;
-  const dim3 context_grid(static_cast<unsigned>(ceil_div(p.n, per_block)), grid_rows(bh));
-  const dim3 position_grid(static_cast<unsigned>(ceil_div(p.n, kPositions)), grid_rows(bh));
+  const dim3 context_grid = row_grid(static_cast<unsigned>(ceil_div(p.n, per_block)), bh);
+  const dim3 position_grid = row_grid(static_cast<unsigned>(ceil_div(p.n, kPositions)), bh);
   if (!backward) {
     launch_kernel<context_kernel<D, T, false>>(context_grid, dim3(kThreads), stream, p, per_block);
     launch_kernel<output_kernel<D, T>>(position_grid, dim3(kPositions), stream, p);

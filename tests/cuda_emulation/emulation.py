@@ -22,7 +22,7 @@ NAMESPACE = "ddpm_fast_emulated"
 SCHEDULES = ("forward", "reverse", "shuffled")
 # The emulated devices: H100 has an H100's SM count (132) and CUDA's grid limits, so launchers
 # size their grids as they would there; SMALL has 4 SMs and a grid.y limit of 3, so that small
-# inputs take the row striding meant for more than 65535 rows.
+# inputs take the path meant for more than 65535 rows of blocks.
 H100, SMALL = 0, 1
 
 

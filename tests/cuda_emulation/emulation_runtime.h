@@ -24,7 +24,7 @@ void add_after_launch_check(void (*check)(const char* what));
 extern "C" {
 // Schedule of the threads and blocks: "forward", "reverse" or "shuffled" (seeded); `workers`
 // OS threads run blocks concurrently; `device` is the current device: 0 (an H100's SM count and
-// CUDA's limits) or 1 (small: 4 SMs, grid.y and z at most 3). Returns 0, or -1 for an unknown
+// CUDA's limits) or 1 (small: 4 SMs, grid.y at most 3). Returns 0, or -1 for an unknown
 // schedule or device.
 int cuda_emulation_configure(const char* schedule, int workers, unsigned long long seed, int device);
 // The handle launches must use: current_stream().

@@ -39,13 +39,13 @@ constexpr unsigned char kPoison = 0xff;       // NaN in fp64, fp32, fp16 and bf1
 constexpr int kWarpSize = 32;
 
 // The emulated devices. Device 0 has an H100's SM count and CUDA's grid limits; device 1 is
-// deliberately small (4 SMs, grid.y and z of at most 3), so that tests run the kernels' row
-// striding, meant for more than 65535 rows, on small inputs.
+// deliberately small (4 SMs, grid.y of at most 3), so that tests run what the kernels do past
+// 65535 rows of blocks on small inputs.
 struct Device {
   int sm_count;
-  unsigned max_grid_yz;
+  unsigned max_grid_y, max_grid_z;
 };
-constexpr Device kDevices[] = {{132, 65535}, {4, 3}};
+constexpr Device kDevices[] = {{132, 65535, 65535}, {4, 3, 65535}};
 constexpr int kDeviceCount = sizeof(kDevices) / sizeof(kDevices[0]);
 
 struct Config {
@@ -559,9 +559,9 @@ std::string check_configuration(dim3 grid, dim3 block, const Device& device) {
   if (block.x > 1024 || block.y > 1024 || block.z > 64 || threads > kMaxThreadsPerBlock)
     return "block " + dims(block) + " has " + std::to_string(threads) + " threads: at most 1024 (x, y <= 1024, z <= 64)";
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return "grid " + dims(grid) + " has no blocks";
-  if (grid.x > kMaxGridX || grid.y > device.max_grid_yz || grid.z > device.max_grid_yz)
-    return "grid " + dims(grid) + " exceeds the device's limits: x <= 2^31 - 1, y and z <= " +
-           std::to_string(device.max_grid_yz);
+  if (grid.x > kMaxGridX || grid.y > device.max_grid_y || grid.z > device.max_grid_z)
+    return "grid " + dims(grid) + " exceeds the device's limits: x <= 2^31 - 1, y <= " +
+           std::to_string(device.max_grid_y) + ", z <= " + std::to_string(device.max_grid_z);
   if (uint64_t(grid.x) * grid.y * grid.z > (uint64_t(1) << 28))
     return "grid " + dims(grid) + " has more blocks than the emulation runs (2^28)";
   return {};
@@ -718,8 +718,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int dev
     case cudaDevAttrMultiProcessorCount: *value = emulated.sm_count; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
     case cudaDevAttrMaxGridDimX: *value = 2147483647; return cudaSuccess;
-    case cudaDevAttrMaxGridDimY: *value = static_cast<int>(emulated.max_grid_yz); return cudaSuccess;
-    case cudaDevAttrMaxGridDimZ: *value = static_cast<int>(emulated.max_grid_yz); return cudaSuccess;
+    case cudaDevAttrMaxGridDimY: *value = static_cast<int>(emulated.max_grid_y); return cudaSuccess;
+    case cudaDevAttrMaxGridDimZ: *value = static_cast<int>(emulated.max_grid_z); return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; return cudaSuccess;
     case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
     default:
