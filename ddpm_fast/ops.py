@@ -7,6 +7,7 @@ reference when the compiled op does not cover a case (extension missing, another
 dtype), so callers never need to check.
 """
 
+import contextlib
 import warnings
 
 import torch
@@ -15,7 +16,7 @@ from . import reference
 
 _LOAD_ERROR = None
 try:
-    from . import _C  # noqa: F401  (importing the library runs its TORCH_LIBRARY registrations)
+    from . import _C  # importing the library runs its TORCH_LIBRARY registrations
 except (ImportError, OSError) as error:  # a missing or broken build must not break the package
     _LOAD_ERROR = f"{type(error).__name__}: {error}"
     warnings.warn(
@@ -25,6 +26,9 @@ except (ImportError, OSError) as error:  # a missing or broken build must not br
         RuntimeWarning,
         stacklevel=2,
     )
+
+if _LOAD_ERROR is None and _C.cpu_isa_problem:
+    warnings.warn(f"ddpm_fast: {_C.cpu_isa_problem}", RuntimeWarning, stacklevel=2)
 
 OP_NAMES = ("q_sample", "p_sample_update", "group_norm_act", "linear_attention")
 # dtypes each backend's kernels are written for; anything else runs the reference.
@@ -42,6 +46,40 @@ def compiled_ops_loaded():
 def load_error():
     """Why the compiled extension failed to load, or None."""
     return _LOAD_ERROR
+
+
+def cpu_isa():
+    """The instruction-set level the CPU kernels run at: 'avx512', 'avx2' or 'default' (baseline
+    x86-64), or None without the compiled extension. It starts as the best this processor has,
+    or as the environment variable DDPM_FAST_CPU_ISA says."""
+    return _C.cpu_isa() if compiled_ops_loaded() else None
+
+
+def supported_cpu_isas():
+    """The levels this processor can run the CPU kernels at, baseline first ('default', ...)."""
+    return _C.supported_cpu_isas() if compiled_ops_loaded() else ()
+
+
+def set_cpu_isa(level):
+    """Runs the CPU kernels at ``level`` ('avx512', 'avx2' or 'default') from now on, for every
+    thread; returns the previous level. Raises ValueError for a level the processor lacks."""
+    if not compiled_ops_loaded():
+        raise RuntimeError(f"the compiled extension is not loaded: {_LOAD_ERROR}")
+    if level not in ("avx512", "avx2", "default"):
+        raise ValueError(f"level must be 'avx512', 'avx2' or 'default', got {level!r}")
+    previous = _C.cpu_isa()
+    _C.set_cpu_isa(level)
+    return previous
+
+
+@contextlib.contextmanager
+def using_cpu_isa(level):
+    """Runs the body with the CPU kernels at ``level``, then restores the previous level."""
+    previous = set_cpu_isa(level)
+    try:
+        yield
+    finally:
+        set_cpu_isa(previous)
 
 
 def _find_backends():

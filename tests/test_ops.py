@@ -7,6 +7,16 @@ import torch
 from ddpm_fast import GaussianDiffusion, ops, reference
 
 pytestmark = pytest.mark.skipif(not ops.compiled_ops_loaded(), reason="compiled extension not built")
+
+
+@pytest.fixture(autouse=True, params=ops.supported_cpu_isas() or ["none"])
+def cpu_isa(request):
+    """Every test runs with the CPU kernels at each instruction-set level this processor has."""
+    if request.param == "none":
+        yield request.param
+        return
+    with ops.using_cpu_isa(request.param):
+        yield request.param
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
 SCHEDULE = GaussianDiffusion(200, fused=False)
 
