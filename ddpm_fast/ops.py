@@ -82,6 +82,29 @@ def using_cpu_isa(level):
         set_cpu_isa(previous)
 
 
+def cpu_prefers_channels_last():
+    """Whether CPU convolutions run faster channels_last here, for accelerate()'s default.
+
+    Decided by torch's own CPU level, since oneDNN runs the convolutions: at AVX2 and AVX-512
+    the seed U-Net's batch-64 forward is faster channels_last (331 against 387 ms, 311 against
+    370 ms), at baseline x86-64 slower (905 against 794 ms), on the development machine's AMD
+    EPYC with each level forced by scripts/at_cpu_isa.py.
+    """
+    return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
+def cpu_op_choices():
+    """What runs on the CPU here, per op: 'fused', or 'reference' and why; and the layout
+    accelerate() gives CPU models. Shown by :func:`ddpm_fast.cpu_report`."""
+    if not compiled_ops_loaded():
+        return {op: f"reference (no compiled extension: {_LOAD_ERROR})" for op in OP_NAMES}
+    choices = {op: "fused" for op in OP_NAMES + ("projected_linear_attention",)}
+    choices["accelerate() layout"] = (
+        "channels_last" if cpu_prefers_channels_last()
+        else "NCHW (oneDNN's channels_last convolutions are slower at torch's baseline level)")
+    return choices
+
+
 def _find_backends():
     if not compiled_ops_loaded():
         return ()

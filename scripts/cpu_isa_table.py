@@ -12,24 +12,15 @@ reference / fused (above 1: fused is faster).
 
 import argparse
 import copy
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
 
 import ddpm_fast
 from ddpm_fast import GaussianDiffusion, Unet, ops, reference
+from ddpm_fast.cpu_report import processor_name
 from ddpm_fast.fused import accelerate
-
-
-def processor():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def train_step_row(config, image, batch):
@@ -136,7 +127,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=5, help="interleaved runs of each side (default 5)")
     args = parser.parse_args()
     families = set(args.rows.split(","))
-    print(f"{processor()}, {torch.get_num_threads()} threads; torch {torch.__version__} kernels at "
+    print(f"{processor_name()}, {torch.get_num_threads()} threads; torch {torch.__version__} kernels at "
           f"{torch.backends.cpu.get_cpu_capability()}, ddpm_fast kernels at {ddpm_fast.ops.cpu_isa()}")
     print("| workload | reference | fused | reference / fused |")
     print("|---|---:|---:|---:|")
