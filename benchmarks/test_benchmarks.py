@@ -52,6 +52,8 @@ def test_benchmark(benchmark, workloads, copy_bandwidth, group, impl, device):
     fn = workload.make(impl)
     extra = dict(impl=impl, device_name=device_name(torch.device(device)), torch=torch.__version__,
                  **workload.extra)
+    if device == "cpu":
+        extra.update(cpu_isa=ops.cpu_isa(), torch_cpu_isa=torch.backends.cpu.get_cpu_capability())
     start = time.perf_counter()
     try:
         fn()  # compiles, for the compile modes; warms up the rest

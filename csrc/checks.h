@@ -17,10 +17,18 @@ inline void check_same_layout(const char* op, const at::Tensor& ref, const at::T
               "'s device ", ref.device(), ", got ", other.device());
 }
 
-// Samples are the outermost dimension in both NCHW and channels_last, so when `other` shares
-// x's dense layout, sample b of both owns the flat range [b * per_sample, (b + 1) * per_sample).
+// Whether sample b of x owns the flat range [b * per_sample, (b + 1) * per_sample) of its
+// storage: x is dense and its batch dimension is the outermost, as in NCHW and channels_last
+// (a dense tensor with the batch transposed inward is not).
+inline bool is_batch_major_dense(const at::Tensor& x) {
+  if (!x.is_non_overlapping_and_dense()) return false;
+  return x.size(0) <= 1 || x.stride(0) * x.size(0) == x.numel();
+}
+
+// Whether the per-sample kernels may read x and `other` in place: both batch-major dense, with
+// the same layout, so that element i of one sample is element i of the other.
 inline bool shares_dense_layout(const at::Tensor& x, const at::Tensor& other) {
-  return other.strides() == x.strides() && x.is_non_overlapping_and_dense();
+  return other.strides() == x.strides() && is_batch_major_dense(x);
 }
 
 // True when x is channels_last and not also plainly contiguous (C = 1 or H = W = 1 are both).

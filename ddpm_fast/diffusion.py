@@ -248,7 +248,11 @@ class GaussianDiffusion(nn.Module):
         graph = torch.cuda.CUDAGraph()
         if generator is not None:  # the default CUDA generator is registered by the capture
             graph.register_generator_state(generator)
-        with torch.cuda.graph(graph):
+        # Under autocast, capture needs the cast cache off (PyTorch's CUDA-graph notes): cached
+        # casts of the weights made outside the capture would be reused inside it.
+        autocast = torch.is_autocast_enabled("cuda")
+        with torch.cuda.graph(graph), torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                                     enabled=autocast, cache_enabled=False):
             out = self._run_sampler(model, sampler, x, generator, record, bar)
         graph.replay()
         return out

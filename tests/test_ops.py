@@ -7,6 +7,16 @@ import torch
 from ddpm_fast import GaussianDiffusion, ops, reference
 
 pytestmark = pytest.mark.skipif(not ops.compiled_ops_loaded(), reason="compiled extension not built")
+
+
+@pytest.fixture(autouse=True, params=ops.supported_cpu_isas() or ["none"])
+def cpu_isa(request):
+    """Every test runs with the CPU kernels at each instruction-set level this processor has."""
+    if request.param == "none":
+        yield request.param
+        return
+    with ops.using_cpu_isa(request.param):
+        yield request.param
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
 SCHEDULE = GaussianDiffusion(200, fused=False)
 
@@ -16,9 +26,12 @@ def tables(device, *names):
 
 
 def layouts(x):
-    """x as NCHW, channels_last and a non-contiguous view with the same values."""
+    """x as NCHW, channels_last, a non-contiguous view, and a dense tensor whose batch dimension
+    is not the outermost one (sample b is not one slab), all with the same values."""
     wide = torch.cat([x, x], dim=-1)[..., : x.shape[-1]]
-    return {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "strided": wide}
+    batch_inside = x.transpose(0, 1).contiguous().transpose(0, 1)
+    return {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "strided": wide,
+            "batch_not_outermost": batch_inside}
 
 
 def test_kernels_are_built_to_run_in_parallel():
@@ -61,7 +74,7 @@ def test_p_sample_update_matches_reference(device, batch):
     torch.testing.assert_close(torch.ops.ddpm_fast.p_sample_update(*args), reference.p_sample_update(*args))
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "batch_not_outermost"])
 def test_elementwise_ops_in_every_layout(layout):
     args = q_args(3)
     args[0], args[4] = layouts(args[0])[layout], layouts(args[4])[layout]
@@ -69,6 +82,18 @@ def test_elementwise_ops_in_every_layout(layout):
     pargs = p_args(3)
     pargs[0] = layouts(pargs[0])[layout]
     torch.testing.assert_close(ops.p_sample_update(*pargs), reference.p_sample_update(*pargs))
+
+
+def test_elementwise_ops_keep_samples_apart_when_the_batch_is_not_outermost():
+    # Dense with equal strides, so the kernels once took it as is, and sample b is not one slab.
+    x = torch.randn(3, 2, 4).transpose(0, 1)
+    noise = torch.randn(3, 2, 4).transpose(0, 1)
+    t = torch.tensor([3, 190])
+    q_tables, p_tables = tables("cpu", *Q_TABLES), tables("cpu", *P_TABLES)
+    torch.testing.assert_close(torch.ops.ddpm_fast.q_sample(x, t, *q_tables, noise),
+                               reference.q_sample(x, t, *q_tables, noise))
+    torch.testing.assert_close(torch.ops.ddpm_fast.p_sample_update(x, noise, t, *p_tables, x),
+                               reference.p_sample_update(x, noise, t, *p_tables, x))
 
 
 def test_elementwise_opcheck_and_gradcheck():

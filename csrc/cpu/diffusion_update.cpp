@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "isa.h"
 
 namespace ddpm_fast {
 namespace {
@@ -20,19 +21,21 @@ template <typename T>
 void per_sample_combination(const T* x, const T* y, const T* z, const T* a, const T* c,
                             const T* e, T* out, int64_t batch, int64_t per_sample) {
   at::parallel_for(0, batch * per_sample, 16384, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    while (i < end) {
-      const int64_t b = i / per_sample;
-      const int64_t stop = std::min(end, (b + 1) * per_sample);
-      const T ab = a[b], cb = c[b];
-      if (z == nullptr) {
-        for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j];
-      } else {
-        const T eb = e[b];
-        for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j] + eb * z[j];
+    dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+      int64_t i = begin;
+      while (i < end) {
+        const int64_t b = i / per_sample;
+        const int64_t stop = std::min(end, (b + 1) * per_sample);
+        const T ab = a[b], cb = c[b];
+        if (z == nullptr) {
+          for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j];
+        } else {
+          const T eb = e[b];
+          for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j] + eb * z[j];
+        }
+        i = stop;
       }
-      i = stop;
-    }
+    });
   });
 }
 

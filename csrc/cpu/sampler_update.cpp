@@ -8,15 +8,17 @@
 #include <torch/library.h>
 
 #include "../sampler_update.h"
+#include "isa.h"
 #include "vector_math.h"
 
 namespace ddpm_fast {
 namespace {
 
 // Elements [0, n) of one sample: x0 = c4 x + c5 eps and out = c0 x + c1 eps (+ c2 prev) (+ c3 noise).
-// The absent inputs are template switches, not branches, so that every variant vectorises.
+// The absent inputs are template switches, not branches, so that every variant vectorises; it
+// is inlined into its caller, compiled for the active instruction-set level (isa.h).
 template <typename T, bool PREV, bool NOISE>
-DDPM_FAST_SIMD_CLONES void combine(const T* __restrict x, const T* __restrict eps,
+DDPM_FAST_INLINE void combine(const T* __restrict x, const T* __restrict eps,
                                    const T* __restrict prev, const T* __restrict noise,
                                    const T* __restrict c, T* __restrict out, T* __restrict x0,
                                    int64_t n) {
@@ -35,14 +37,16 @@ template <typename T, bool PREV, bool NOISE>
 void sampler_update_kernel(const T* x, const T* eps, const T* prev, const T* noise, const T* rows,
                            T* out, T* x0, int64_t batch, int64_t per_sample) {
   at::parallel_for(0, batch * per_sample, 16384, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    while (i < end) {
-      const int64_t b = i / per_sample;
-      const int64_t stop = std::min(end, (b + 1) * per_sample);
-      combine<T, PREV, NOISE>(x + i, eps + i, PREV ? prev + i : nullptr, NOISE ? noise + i : nullptr,
-                              rows + b * kSamplerCoefficients, out + i, x0 + i, stop - i);
-      i = stop;
-    }
+    dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+      int64_t i = begin;
+      while (i < end) {
+        const int64_t b = i / per_sample;
+        const int64_t stop = std::min(end, (b + 1) * per_sample);
+        combine<T, PREV, NOISE>(x + i, eps + i, PREV ? prev + i : nullptr, NOISE ? noise + i : nullptr,
+                                rows + b * kSamplerCoefficients, out + i, x0 + i, stop - i);
+        i = stop;
+      }
+    });
   });
 }
 

@@ -43,9 +43,10 @@ at::ScalarType acc_dtype(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-const float* table_ptr(const at::Tensor& table, std::vector<at::Tensor>& keep) {
-  keep.push_back(table.to(at::kFloat).contiguous());
-  return keep.back().data_ptr<float>();
+// A schedule table in the kernels' accumulation type (fp64 stays fp64), kept alive in `keep`.
+const void* table_ptr(const at::Tensor& table, const at::Tensor& x, std::vector<at::Tensor>& keep) {
+  keep.push_back(table.to(acc_dtype(x)).contiguous());
+  return keep.back().data_ptr();
 }
 
 at::Tensor per_sample_update(const char* op, bool p_sample, const at::Tensor& x_in,
@@ -68,9 +69,9 @@ at::Tensor per_sample_update(const char* op, bool p_sample, const at::Tensor& x_
   p.out = out.data_ptr();
   p.t = tc.data_ptr<int64_t>();
   auto it = tables.begin();
-  p.A = table_ptr(**it++, keep);
-  p.B = table_ptr(**it++, keep);
-  p.C = p_sample ? table_ptr(**it, keep) : nullptr;
+  p.A = table_ptr(**it++, x, keep);
+  p.B = table_ptr(**it++, x, keep);
+  p.C = p_sample ? table_ptr(**it, x, keep) : nullptr;
   p.batch = x.size(0);
   p.per_sample = p.batch ? x.numel() / p.batch : 0;
   p.timesteps = (*tables.begin())->numel();
@@ -280,7 +281,13 @@ std::tuple<at::Tensor, at::Tensor> sampler_update_cuda(const at::Tensor& x_in, c
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ddpm_fast, CUDA, m) {
+// The emulation of tests/cuda_emulation builds this file for CPU tensors, into its own library.
+#ifndef DDPM_FAST_CUDA_LIBRARY
+#define DDPM_FAST_CUDA_LIBRARY ddpm_fast
+#define DDPM_FAST_CUDA_DISPATCH_KEY CUDA
+#endif
+
+TORCH_LIBRARY_IMPL(DDPM_FAST_CUDA_LIBRARY, DDPM_FAST_CUDA_DISPATCH_KEY, m) {
   m.impl("q_sample", &q_sample_cuda);
   m.impl("p_sample_update", &p_sample_update_cuda);
   m.impl("group_norm_act", &group_norm_act_cuda);

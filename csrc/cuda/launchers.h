@@ -22,9 +22,9 @@ struct PerSampleUpdateParams {
   const void* z;        // same layout as x (p_sample_update only)
   void* out;            // same layout as x
   const int64_t* t;     // (B,) timesteps; an out-of-range t yields NaN rows (no host sync)
-  const float* A;       // (T,) coefficient tables, fp32 on the device
-  const float* B;       // (T,)
-  const float* C;       // (T,) (p_sample_update only)
+  const void* A;        // (T,) coefficient tables in the accumulation type: fp64 for fp64, else fp32
+  const void* B;        // (T,)
+  const void* C;        // (T,) (p_sample_update only)
   int64_t batch;        // B
   int64_t per_sample;   // elements of one sample
   int64_t timesteps;    // T

@@ -1,8 +1,8 @@
 // CUDA kernel of sampler_update, the one update step shared by the DDPM, DDIM and DPM-Solver++
 // samplers: per sample, two affine combinations of up to four inputs. Memory bound.
-// Parallelisation: as diffusion_update.cu, a 2-D grid, blockIdx.y = sample (so its step and six
-// coefficients are read once per block), blockIdx.x = tiles of kThreads * kVec elements of that
-// sample, grid-strided; element k * kThreads + threadIdx.x of a tile keeps warp accesses coalesced.
+// Parallelisation: as diffusion_update.cu, grid_row() = sample (so its step and six coefficients
+// are read once per block), blockIdx.x = tiles of kThreads * kVec elements of that sample, grid-
+// strided; element k * kThreads + threadIdx.x of a tile keeps warp accesses coalesced.
 #include "common.cuh"
 
 namespace ddpm_fast {
@@ -11,13 +11,13 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kVec = 4;
-constexpr int64_t kMaxGridY = 65535;
 constexpr int kCoefficients = 6;
 
 template <typename T>
-__global__ void sampler_update_kernel(SamplerUpdateParams p, int64_t first_sample) {
+__global__ void sampler_update_kernel(SamplerUpdateParams p) {
   using A = acc_t<T>;
-  const int64_t b = first_sample + blockIdx.y;
+  const int64_t b = grid_row();
+  if (b >= p.batch) return;
   const int64_t s = p.step[b];
   const bool valid = s >= 0 && s < p.steps;
   const A* row = static_cast<const A*>(p.coefs) + (valid ? s : 0) * kCoefficients;
@@ -55,15 +55,11 @@ __global__ void sampler_update_kernel(SamplerUpdateParams p, int64_t first_sampl
 const char* launch_sampler_update(const SamplerUpdateParams& p, void* stream) {
   if (p.batch == 0 || p.per_sample == 0) return nullptr;
   const int64_t chunks = ceil_div(p.per_sample, int64_t(kThreads) * kVec);
-  for (int64_t first = 0; first < p.batch; first += kMaxGridY) {  // one launch per 65535 samples
-    const int64_t samples = p.batch - first < kMaxGridY ? p.batch - first : kMaxGridY;
-    const dim3 grid(static_cast<unsigned>(chunks < 65535 ? chunks : 65535), static_cast<unsigned>(samples));
-    dispatch_dtype(p.dtype, [&]<typename T>() {
-      launch_kernel<sampler_update_kernel<T>>(grid, dim3(kThreads), static_cast<cudaStream_t>(stream), p, first);
-    });
-    if (const char* error = last_launch_error()) return error;
-  }
-  return nullptr;
+  const dim3 grid = row_grid(static_cast<unsigned>(chunks < 65535 ? chunks : 65535), p.batch);
+  dispatch_dtype(p.dtype, [&]<typename T>() {
+    launch_kernel<sampler_update_kernel<T>>(grid, dim3(kThreads), static_cast<cudaStream_t>(stream), p);
+  });
+  return last_launch_error();
 }
 
 }  // namespace cuda
