@@ -4,8 +4,8 @@ feature space of a small CNN classifier trained on the same data set.
 This is FID's recipe with a feature extractor that knows the data: Inception never saw 8x8
 digits, and downloading it is not an option here. So that a score means something:
 
-- the classifier is trained on first use (seconds for the 8x8 digits, minutes for
-  Fashion-MNIST on a CPU) and cached in a user cache directory keyed by data set and image size
+- the classifier is trained on first use (under a minute for the 8x8 digits on a 2-core CPU)
+  and cached in a user cache directory keyed by data set, image size and training length
   (``$DDPM_FAST_CACHE``, else ``$XDG_CACHE_HOME/ddpm_fast``, else ``~/.cache/ddpm_fast``);
 - its held-out accuracy is reported with every score, so the features' quality is known;
 - the real images are split into two fixed disjoint halves: generated images are compared with
