@@ -9,6 +9,8 @@ from ddpm_fast import GaussianDiffusion, Unet, samplers
 from ddpm_fast.ops import compiled_ops_loaded
 
 diffusers = pytest.importorskip("diffusers")
+# diffusers' DPMSolverMultistepScheduler calls np.array(tensor, copy=False), which numpy 2 warns about.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 FUSED = [False] + ([True] if compiled_ops_loaded() else [])
 T = 200
