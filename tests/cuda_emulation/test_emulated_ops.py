@@ -286,6 +286,56 @@ def test_linear_attention_in_half_precision(E):
                                lambda q: reference.linear_attention(q, 4, 32 ** -0.5), (qkv,))
 
 
+# ---------------------------------------------------------------- sampler_update
+
+
+def sampler_args(batch, shape, dtype=torch.float32, optional=True, steps=9):
+    x = torch.randn(batch, *shape, dtype=dtype)
+    prev, noise = (torch.randn_like(x) if optional else None for _ in range(2))
+    coefs = torch.randn(steps, 6, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    return [x, torch.randn_like(x), prev, noise, torch.randint(0, steps, (batch,)), coefs]
+
+
+@pytest.mark.parametrize("device", [emulation.H100, emulation.SMALL])
+@pytest.mark.parametrize("optional", [True, False])
+@pytest.mark.parametrize("batch, shape", [(5, (3, 7, 7)), (1, (1, 2, 3)), (0, (3, 4, 4)), (7, (2, 33, 35))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampler_update_matches_the_reference(E, device, optional, batch, shape, dtype):
+    # On the small device the 5- and 7-sample batches run past its grid.y limit.
+    args = sampler_args(batch, shape, dtype, optional)
+    got = run_under_every_schedule(lambda: E.sampler_update(*args), device=device)
+    for ours, expected in zip(got, reference.sampler_update(*args)):
+        torch.testing.assert_close(ours, expected)
+
+
+def test_sampler_update_in_half_precision(E):
+    args = sampler_args(6, (2, 9, 9))
+    for output in (0, 1):
+        assert_half_precision_rule(lambda *a: E.sampler_update(*a)[output],
+                                   lambda *a: reference.sampler_update(*a)[output], args)
+
+
+def test_sampler_update_layouts_float64_coefficients_and_bad_steps(E):
+    x = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
+    args = (x, torch.randn_like(x), torch.randn_like(x), None, torch.tensor([0, 1, 2, 1]), torch.randn(3, 6))
+    out, x0 = E.sampler_update(*args)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    for ours, expected in zip((out, x0), reference.sampler_update(*args)):
+        torch.testing.assert_close(ours, expected)
+    inside = torch.randn(3, 4, 5, 6).transpose(0, 1)  # dense, but the batch is not outermost
+    args = (inside, torch.randn(3, 4, 5, 6).transpose(0, 1), None, None, torch.tensor([0, 1, 2, 1]), torch.randn(3, 6))
+    for ours, expected in zip(E.sampler_update(*args), reference.sampler_update(*args)):
+        torch.testing.assert_close(ours, expected)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)  # coefficients float32 cannot hold
+    args = (x, torch.randn_like(x), torch.randn_like(x), torch.randn_like(x), torch.tensor([1, 0]),
+            1 + torch.rand(2, 6, dtype=torch.float64) * 1e-9)
+    for ours, expected in zip(E.sampler_update(*args), reference.sampler_update(*args)):
+        torch.testing.assert_close(ours, expected, rtol=1e-14, atol=1e-14)
+    x = torch.randn(2, 1, 4, 4)  # a step outside the table: NaN samples, no crash, no host sync
+    out, x0 = E.sampler_update(x, torch.randn_like(x), None, None, torch.tensor([0, 5]), torch.randn(3, 6))
+    assert torch.isfinite(out[0]).all() and out[1].isnan().all() and x0[1].isnan().all()
+
+
 # ---------------------------------------------------------------- the ops as torch sees them
 
 
@@ -301,6 +351,8 @@ def test_opcheck_every_op(E):
     torch.library.opcheck(E.group_norm_act, (x.clone().requires_grad_(), 4, w, None, scale, None, 1e-5, "silu"))
     qkv = torch.randn(2, 3 * 2 * 8, 5, 5, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(E.linear_attention, (qkv, 2, 0.5))
+    torch.library.opcheck(E.sampler_update, (x, torch.randn_like(x), None, torch.randn_like(x), t.clamp(max=2),
+                                             torch.randn(3, 6, dtype=torch.float64)))
 
 
 def test_gradcheck_float64(E):
