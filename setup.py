@@ -1,21 +1,37 @@
 """Builds ddpm_fast and its compiled extension ddpm_fast._C.
 
 The CPU kernels are always built. The CUDA kernels are added when nvcc and a CUDA build of
-torch are both present (see cuda_build.py); without them the CPU-only build proceeds.
+torch are both present (see ddpm_fast/cuda_build.py); without them the CPU-only build proceeds.
 """
 
 import glob
+import importlib.util
 import os
-import re
-import shutil
-import subprocess
 import warnings
 
-import torch
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_cuda_build():
+    """ddpm_fast/cuda_build.py, loaded by path: the package itself is not importable yet."""
+    spec = importlib.util.spec_from_file_location("cuda_build", os.path.join(HERE, "ddpm_fast", "cuda_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cuda_build = load_cuda_build()
+# torch.utils.cpp_extension fixes its CUDA_HOME when imported, from the nvcc on the PATH, which may
+# be a wrapper script outside the toolkit: point it at the toolkit that nvcc really runs, so the
+# nvcc whose version is checked below is the nvcc that compiles, with that toolkit's headers.
+CUDA_TOOLKIT = cuda_build.find_cuda_toolkit()
+if CUDA_TOOLKIT and not os.environ.get("CUDA_HOME"):
+    os.environ["CUDA_HOME"] = CUDA_TOOLKIT
+
+import torch  # noqa: E402  (after CUDA_HOME is settled)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def relative(pattern):
@@ -33,34 +49,20 @@ extension = CppExtension("ddpm_fast._C", sources, extra_compile_args={"cxx": CXX
                          extra_link_args=LINK_FLAGS)
 
 
-def find_nvcc():
-    nvcc = shutil.which("nvcc")
-    if nvcc is None and CUDA_HOME:
-        candidate = os.path.join(CUDA_HOME, "bin", "nvcc")
-        nvcc = candidate if os.path.exists(candidate) else None
-    return nvcc
-
-
-def nvcc_cuda_version(nvcc):
-    """'13.0' from `nvcc --version`, or None."""
-    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-    match = re.search(r"release (\d+)\.(\d+)", out)
-    return f"{match.group(1)}.{match.group(2)}" if match else None
-
-
 def cuda_extension():
     """The CUDA build of ddpm_fast._C (CPU + CUDA kernels), or None for a CPU-only build.
 
     Needs a CUDA build of torch and nvcc of the same CUDA major version. The architectures are
-    TORCH_CUDA_ARCH_LIST when set, else the visible GPUs' (torch's default), else sm_80 + sm_90.
+    TORCH_CUDA_ARCH_LIST when set, else the visible GPUs' (torch's default), else
+    cuda_build.DEFAULT_ARCH_LIST (sm_80, sm_90 and sm_90's PTX for newer GPUs).
     """
     if torch.version.cuda is None:
         return None  # CPU-only torch: nothing to link the CUDA kernels against
-    nvcc = find_nvcc()
-    if nvcc is None:
-        warnings.warn("ddpm_fast: torch has CUDA but nvcc was not found; building the CPU kernels only")
+    if CUDA_TOOLKIT is None:
+        warnings.warn("ddpm_fast: torch has CUDA but no CUDA toolkit (nvcc) was found; building the CPU kernels only")
         return None
-    nvcc_version = nvcc_cuda_version(nvcc)
+    nvcc = os.path.join(CUDA_TOOLKIT, "bin", "nvcc")
+    nvcc_version = cuda_build.nvcc_version(CUDA_TOOLKIT)
     if nvcc_version is None or nvcc_version.split(".")[0] != torch.version.cuda.split(".")[0]:
         warnings.warn(
             f"ddpm_fast: nvcc at {nvcc} is CUDA {nvcc_version} but torch was built with CUDA "
@@ -70,7 +72,7 @@ def cuda_extension():
         )
         return None
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_build.DEFAULT_ARCH_LIST
     cuda_sources = relative("csrc/cuda/*.cu") + relative("csrc/cuda/*.cpp")
     return CUDAExtension(
         "ddpm_fast._C",
@@ -78,7 +80,6 @@ def cuda_extension():
         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++20"]},
         extra_link_args=LINK_FLAGS,
     )
-
 
 
 setup(

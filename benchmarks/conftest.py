@@ -1,6 +1,5 @@
 """Fixtures of the benchmark suite and the ratio table printed at its end."""
 
-import platform
 import sys
 import time
 from pathlib import Path
@@ -13,13 +12,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import markdown  # noqa: E402
 from workloads import BUILDERS, synchronize  # noqa: E402
 
+from ddpm_fast import ops  # noqa: E402
+from ddpm_fast.cpu_report import processor_name  # noqa: E402
+
 RESULTS = []  # rows for the closing table, filled by the benchmarks
 
 
 def device_name(device):
+    """The GPU's name, or the processor with its threads and the instruction-set level of
+    ddpm_fast's CPU kernels and of torch's (one README table per combination)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    return (f"CPU {processor_name()} x{torch.get_num_threads()} threads, ddpm_fast {ops.cpu_isa()}, "
+            f"torch {torch.backends.cpu.get_cpu_capability()}")
 
 
 @pytest.fixture(scope="session")

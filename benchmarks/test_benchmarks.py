@@ -18,7 +18,7 @@ from ddpm_fast import ops
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 IMPLS = ["reference", "fused", "fused+graph", "fused+compile", "compile-default",
          "compile-reduce-overhead", "compile-max-autotune"]
-HEAVY = ("sampling-loop", "train-step")
+HEAVY = ("sampling", "train-step")
 
 
 def skip_reason(group, impl, device):
@@ -28,7 +28,7 @@ def skip_reason(group, impl, device):
     if impl == "fused+graph":
         if device != "cuda":
             return "CUDA graphs need a GPU"
-        if not group.startswith("sampling-loop"):
+        if not group.startswith("sampling"):
             return "the CUDA-graph path is the sampler's"
     if impl == "fused+compile" and not group.startswith(HEAVY):
         return "fused+compile (torch.compile of the accelerated U-Net) is timed on the whole-model groups"
@@ -52,6 +52,8 @@ def test_benchmark(benchmark, workloads, copy_bandwidth, group, impl, device):
     fn = workload.make(impl)
     extra = dict(impl=impl, device_name=device_name(torch.device(device)), torch=torch.__version__,
                  **workload.extra)
+    if device == "cpu":
+        extra.update(cpu_isa=ops.cpu_isa(), torch_cpu_isa=torch.backends.cpu.get_cpu_capability())
     start = time.perf_counter()
     try:
         fn()  # compiles, for the compile modes; warms up the rest

@@ -56,25 +56,30 @@ def compiled(model, impl):
     return torch.compile(model, mode="default" if impl == "fused+compile" else impl.removeprefix("compile-"))
 
 
-def sampling_loop(device, batch):
-    """The full reverse loop of the seed config; on CPU a shorter schedule (same cost a step)."""
-    steps = FULL_STEPS if device.type == "cuda" else (4 if batch > 1 else 20)
+def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=None):
+    """The full reverse loop of the seed config with ``sampler`` in ``full_steps`` steps; on CPU a
+    shorter loop of the same sampler (the same cost a step): DDPM on a shorter schedule, the
+    few-step samplers in fewer steps of the same T = 200 schedule."""
+    steps = full_steps if device.type == "cuda" else (4 if batch > 1 else 20)
     model, fused_model = _models(device)
     model.eval()
     fused_model.eval()
     shape = (batch, 1, 28, 28)
+    timesteps = steps if sampler == "ddpm" else FULL_STEPS
+    sampler_steps = None if sampler == "ddpm" else steps
 
     def make(impl):
         if impl.startswith("fused"):
-            diffusion, net = GaussianDiffusion(steps, fused=None).to(device), fused_model
+            diffusion, net = GaussianDiffusion(timesteps, fused=None).to(device), fused_model
             if impl == "fused+compile":
                 net = compiled(copy.deepcopy(fused_model), impl)
         else:
-            diffusion = GaussianDiffusion(steps, fused=False).to(device)
+            diffusion = GaussianDiffusion(timesteps, fused=False).to(device)
             net = model if impl == "reference" else compiled(copy.deepcopy(model), impl)
         graph = impl == "fused+graph"
-        return timed(lambda: diffusion.p_sample_loop(net, shape, return_all_timesteps=False,
-                                                     progress=False, cuda_graph=graph), device)
+        return timed(lambda: diffusion.p_sample_loop(net, shape, return_all_timesteps=False, progress=False,
+                                                     cuda_graph=graph, sampler=sampler, steps=sampler_steps),
+                     device)
 
     def check():
         outs = []
@@ -83,8 +88,8 @@ def sampling_loop(device, batch):
             outs.append(make(impl)())
         torch.testing.assert_close(outs[1], outs[0], atol=1e-3, rtol=1e-3)
 
-    return Workload(f"sampling-loop-b{batch}", make, check,
-                    dict(batch=batch, steps=steps, full_steps=FULL_STEPS, images=batch))
+    return Workload(group or f"sampling-loop-b{batch}", make, check,
+                    dict(batch=batch, steps=steps, full_steps=full_steps, images=batch, sampler=sampler))
 
 
 def train_step(device, batch=128):
@@ -211,4 +216,6 @@ BUILDERS = {
     "op-linear_attention-fwd": lambda d: op_linear_attention(d, False),
     "op-linear_attention-fwdbwd": lambda d: op_linear_attention(d, True),
     "op-projected_linear_attention-fwd": op_projected_linear_attention,
+    "sampling-ddim50-b64": lambda d: sampling_loop(d, 64, "ddim", 50, "sampling-ddim50-b64"),
+    "sampling-dpmpp20-b64": lambda d: sampling_loop(d, 64, "dpm-solver++", 20, "sampling-dpmpp20-b64"),
 }

@@ -17,10 +17,18 @@ inline void check_same_layout(const char* op, const at::Tensor& ref, const at::T
               "'s device ", ref.device(), ", got ", other.device());
 }
 
-// Samples are the outermost dimension in both NCHW and channels_last, so when `other` shares
-// x's dense layout, sample b of both owns the flat range [b * per_sample, (b + 1) * per_sample).
+// Whether sample b of x owns the flat range [b * per_sample, (b + 1) * per_sample) of its
+// storage: x is dense and its batch dimension is the outermost, as in NCHW and channels_last
+// (a dense tensor with the batch transposed inward is not).
+inline bool is_batch_major_dense(const at::Tensor& x) {
+  if (!x.is_non_overlapping_and_dense()) return false;
+  return x.size(0) <= 1 || x.stride(0) * x.size(0) == x.numel();
+}
+
+// Whether the per-sample kernels may read x and `other` in place: both batch-major dense, with
+// the same layout, so that element i of one sample is element i of the other.
 inline bool shares_dense_layout(const at::Tensor& x, const at::Tensor& other) {
-  return other.strides() == x.strides() && x.is_non_overlapping_and_dense();
+  return other.strides() == x.strides() && is_batch_major_dense(x);
 }
 
 // True when x is channels_last and not also plainly contiguous (C = 1 or H = W = 1 are both).
@@ -109,6 +117,16 @@ inline void check_projected_linear_attention_args(const at::Tensor& x, const at:
               ", 1, 1), got ", w_qkv.sizes());
   TORCH_CHECK(heads >= 1 && w_qkv.size(0) % (3 * heads) == 0, "projected_linear_attention: heads=", heads,
               " must divide w_qkv's ", w_qkv.size(0), " output channels into 3*heads equal parts");
+}
+
+// Every entry of the int64 CPU index tensor `t` (named `name`) lies in [0, n). CPU kernels only:
+// on a GPU this would be a host sync, so the CUDA kernels turn an out-of-range index into NaN.
+inline void check_range(const char* op, const char* name, const at::Tensor& t_in, int64_t n) {
+  const at::Tensor t = t_in.contiguous();
+  const int64_t* tp = t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    TORCH_CHECK(tp[i] >= 0 && tp[i] < n, op, ": ", name, "[", i, "]=", tp[i], " lies outside [0, ", n, ")");
+  }
 }
 
 }  // namespace ddpm_fast

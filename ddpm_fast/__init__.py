@@ -7,6 +7,7 @@
     samples = diffusion.sample(model, image_size=28, batch_size=16, channels=1)
 """
 
+from .cpu_report import cpu_report, format_cpu_report
 from .diffusion import GaussianDiffusion
 from .fused import accelerate
 from .ops import compiled_backends, compiled_ops_loaded
@@ -26,6 +27,8 @@ __all__ = [
     "Unet",
     "compiled_backends",
     "compiled_ops_loaded",
+    "cpu_report",
+    "format_cpu_report",
     "cosine_beta_schedule",
     "linear_beta_schedule",
     "quadratic_beta_schedule",

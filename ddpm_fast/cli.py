@@ -1,6 +1,7 @@
-"""The ``ddpm-fast`` command: train, sample, noise (the q_sample figure) and animate."""
+"""The ``ddpm-fast`` command: train, sample, noise (the q_sample figure), animate and evaluate."""
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ from .diffusion import LOSS_TYPES, GaussianDiffusion
 from .distributed import env_rank
 from .precision import PRECISIONS
 from .record import METRICS_NAME
+from .samplers import DEFAULT_TIMESTEP_SPACING, SAMPLERS, TIMESTEP_SPACINGS
 from .schedules import BETA_SCHEDULES
 from .train import (LOSS_CURVE_NAME, TrainConfig, load_checkpoint, model_from_checkpoint,
                     pick_device, train)
@@ -132,18 +134,43 @@ def _add_sampling_args(p):
     p.add_argument("--device", help="default: cuda when available")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
     p.add_argument("--no-accelerate", action="store_true", help="sample with the reference ops")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                   help="ddpm: the seed's ancestral sampler, all T steps (default); ddim; "
+                   "dpm-solver++: second-order multistep, good in 10-20 steps")
+    p.add_argument("--steps", type=int, help="sampler steps (model evaluations); default: all T")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM's noise scale in [0, 1]: 0 deterministic (default), 1 the DDPM posterior")
+    p.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS, default=DEFAULT_TIMESTEP_SPACING,
+                   help=f"where the steps fall in [0, T), as in diffusers (default: {DEFAULT_TIMESTEP_SPACING})")
 
 
-def _sample(args):
+def _load_model(args):
+    """(model, diffusion, image_size, checkpoint dict) of --checkpoint, the model accelerated
+    unless --no-accelerate."""
     device = pick_device(args.device)
-    model, diffusion, image_size = model_from_checkpoint(
-        load_checkpoint(args.checkpoint, device), device, use_ema=not args.no_ema)
+    checkpoint = load_checkpoint(args.checkpoint, device)
+    model, diffusion, image_size = model_from_checkpoint(checkpoint, device, use_ema=not args.no_ema)
     if not args.no_accelerate:
         from .fused import accelerate
 
         accelerate(model)
-    torch.manual_seed(args.seed)
-    return diffusion.sample(model, image_size, batch_size=args.num, channels=model.channels)
+    return model, diffusion, image_size, checkpoint
+
+
+def _sampler_kwargs(args):
+    return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, timestep_spacing=args.timestep_spacing)
+
+
+def _sample(args):
+    model, diffusion, image_size, _ = _load_model(args)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    return diffusion.sample(model, image_size, batch_size=args.num, channels=model.channels,
+                            generator=generator, **_sampler_kwargs(args))
+
+
+def _gif_stride(steps):
+    # About 100 frames at most: every step of a few-step sampler, every other one of DDPM's 200.
+    return max(1, steps.shape[0] // 100)
 
 
 def _add_sample(sub):
@@ -161,7 +188,7 @@ def _run_sample(args):
     steps = _sample(args)
     print(f"wrote {save_grid(steps[-1], args.out)}")
     if args.gif:
-        print(f"wrote {save_denoising_gif(steps, args.gif, index=args.index)}")
+        print(f"wrote {save_denoising_gif(steps, args.gif, index=args.index, every=_gif_stride(steps))}")
 
 
 def _add_animate(sub):
@@ -178,7 +205,48 @@ def _add_animate(sub):
 
 def _run_animate(args):
     steps = _sample(args)
-    print(f"wrote {save_denoising_gif(steps, args.out, index='grid' if args.grid else args.index)}")
+    index = "grid" if args.grid else args.index
+    print(f"wrote {save_denoising_gif(steps, args.out, index=index, every=_gif_stride(steps))}")
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="score a checkpoint's samples: Fréchet distance to the real data",
+                       description="Sample --num images per seed and print their Fréchet distance to the "
+                       "real data in the features of a small classifier trained on the same data set "
+                       "(trained on first use and cached), with the classifier's held-out accuracy and "
+                       "the noise floor (the distance between two halves of the real data). Writes JSON.")
+    _add_sampling_args(p)
+    p.set_defaults(num=None)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="score with seeds --seed, --seed + 1, ...: the mean and spread over them")
+    p.add_argument("--batch-size", type=int, default=64, help="images per sampling call (default 64)")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (images and labels)")
+    p.add_argument("--out", default="evaluation.json", help="JSON path (default: evaluation.json)")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from .metrics import QualityMeasure, evaluate
+
+    if args.num is not None and args.num < 2:
+        raise ValueError(f"--num must be at least 2 to fit a covariance, got {args.num}")
+    if args.repeats < 1 or args.batch_size < 1:
+        raise ValueError(f"--repeats and --batch-size must be positive, got {args.repeats} and {args.batch_size}")
+    model, diffusion, image_size, checkpoint = _load_model(args)
+    measure = QualityMeasure(checkpoint["config"]["dataset"], image_size, args.data_dir)
+    result, _ = evaluate(model, diffusion, measure, num=args.num, batch_size=args.batch_size,
+                         seeds=range(args.seed, args.seed + args.repeats), **_sampler_kwargs(args))
+    result["checkpoint"] = str(args.checkpoint)
+    spread = f" ± {result['fd_std']:.3f} over {args.repeats} seeds" if args.repeats > 1 else ""
+    print(f"FD {result['fd_mean']:.3f}{spread} ({result['sampler']}, {result['steps']} steps, "
+          f"{result['timestep_spacing']} spacing, {result['num']} images); noise floor "
+          f"{result['noise_floor']:.3f}; classifier held-out accuracy {100 * result['classifier_accuracy']:.1f}% "
+          f"({result['dataset']} {image_size}x{image_size}); {result['seconds_per_batch'] or float('nan'):.3f} s "
+          f"per batch of {args.batch_size}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def _add_noise(sub):
@@ -214,6 +282,7 @@ def build_parser():
     _add_sample(sub)
     _add_noise(sub)
     _add_animate(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -100,6 +100,29 @@ def load_digits_images():
     return np.round(digits * (255.0 / 16.0)).astype(np.uint8)
 
 
+def load_labels(name="digits", data_dir=None):
+    """Class labels (N,) int64 of a training set, in the order of :func:`load_dataset`'s images.
+
+    digits: scikit-learn's targets 0-9; fashion_mnist: ``train-labels-idx1-ubyte[.gz]`` in
+    ``data_dir`` (the labels of a Hugging Face copy are not read).
+    """
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        return torch.from_numpy(load_digits().target.astype(np.int64))
+    if name != "fashion_mnist":
+        raise ValueError(f"dataset={name!r} is not known; choose one of {DATASETS}")
+    path = find_idx_file(data_dir, "train-labels-idx1-ubyte") if data_dir is not None else None
+    if path is None:
+        raise DataError(
+            f"Fashion-MNIST labels need --data-dir with train-labels-idx1-ubyte[.gz] (got {data_dir})"
+        )
+    labels = read_idx(path)
+    if labels.ndim != 1:
+        raise DataError(f"{path}: expected labels of shape (N,), got {labels.shape}")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
 class ImageSet:
     """All images in memory: ``images: (N, 1, H, W)`` float32 in [-1, 1].
 

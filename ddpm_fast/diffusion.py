@@ -1,7 +1,8 @@
-"""Gaussian diffusion: the seed's schedule, forward noising, loss and sampler as one module.
+"""Gaussian diffusion: the seed's schedule, forward noising, loss and sampling loop as one module.
 
 The model is an argument of every method (as in improved-diffusion), so the same diffusion
-serves the reference U-Net, an accelerated one or a user's own.
+serves the reference U-Net, an accelerated one or a user's own. The samplers' maths (DDPM,
+DDIM, DPM-Solver++) lives in :mod:`ddpm_fast.samplers`; this module runs their loop.
 """
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import ops, reference
+from .samplers import DEFAULT_TIMESTEP_SPACING, check_eta, make_sampler
 from .schedules import make_beta_schedule
 
 LOSS_TYPES = ("l1", "l2", "huber")
@@ -40,6 +42,9 @@ class GaussianDiffusion(nn.Module):
         self.fused = ops.compiled_ops_loaded() if fused is None else bool(fused)
         self.timesteps = timesteps
         self.beta_schedule = beta_schedule
+        # The samplers compute their tables from the float64 betas, once per setting (sampler()).
+        self._betas64 = betas
+        self._samplers = {}
 
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -113,13 +118,6 @@ class GaussianDiffusion(nn.Module):
             return F.mse_loss(noise, predicted_noise)
         return F.smooth_l1_loss(noise, predicted_noise)
 
-    def _p_sample_step(self, model, x, t, noise):
-        # The body of every reverse step, with no validation and no host sync.
-        eps = model(x, t)
-        return self._ops().p_sample_update(
-            x, eps.to(x.dtype), t, self.sqrt_recip_alphas, self.eps_coef, self.posterior_std, noise
-        )
-
     @torch.no_grad()
     def p_sample(self, model, x, t, t_index, noise=None):
         """One reverse step x_t -> x_{t-1}: ``x: (B, C, H, W)``, ``t: (B,)`` -> (B, C, H, W).
@@ -132,72 +130,152 @@ class GaussianDiffusion(nn.Module):
         self.check_timesteps(t, x)
         if noise is None:
             noise = torch.randn_like(x)
-        return self._p_sample_step(model, x, t.long(), noise)
+        eps = model(x, t.long())
+        return self._ops().p_sample_update(
+            x, eps.to(x.dtype), t.long(), self.sqrt_recip_alphas, self.eps_coef, self.posterior_std, noise
+        )
+
+    def sampler(self, name="ddpm", steps=None, eta=0.0, timestep_spacing=DEFAULT_TIMESTEP_SPACING):
+        """The :mod:`~ddpm_fast.samplers` object for these settings, its timesteps and
+        coefficient tables computed once (in float64) and cached.
+
+        name: 'ddpm', 'ddim' or 'dpm-solver++'; steps: S model evaluations, None for all T;
+        eta: DDIM's noise scale in [0, 1]; timestep_spacing: 'leading', 'trailing' or 'linspace'.
+        """
+        check_eta(eta)
+        key = (name, self.timesteps if steps is None else steps, float(eta), timestep_spacing)
+        if key not in self._samplers:
+            self._samplers[key] = make_sampler(name, self._betas64, steps, timestep_spacing, eta)
+        return self._samplers[key]
 
     @torch.no_grad()
-    def p_sample_loop(self, model, shape, return_all_timesteps=True, progress=True,
-                      cuda_graph=False):
-        """Run all T reverse steps from pure noise.
+    def p_sample_loop(self, model, shape, return_all_timesteps=True, progress=True, cuda_graph=False, *,
+                      sampler="ddpm", steps=None, eta=0.0, timestep_spacing=DEFAULT_TIMESTEP_SPACING,
+                      x_T=None, generator=None):
+        """Run the reverse process from noise with one of the samplers.
 
-        Returns a CPU tensor (T, B, C, H, W) of every step's images, ``[-1]`` being the final
+        Args:
+            model: the noise model, ``model(x, t) -> eps`` with ``x: (B, C, H, W)``, ``t: (B,)``.
+            shape: (B, C, H, W) of the images.
+            return_all_timesteps: return every visited step, else only the final images.
+            progress: show a progress bar over the steps.
+            cuda_graph: capture the whole loop as one CUDA graph and replay it (CUDA models only).
+            sampler: 'ddpm' (the seed's ancestral sampler, all T steps; the default), 'ddim' or
+                'dpm-solver++' (the second-order multistep solver with data prediction).
+            steps: S, the number of model evaluations: None for T; 'ddpm' takes only T.
+            eta: DDIM's noise scale in [0, 1]: 0 is deterministic, 1 over all T steps is DDPM.
+            timestep_spacing: 'leading', 'trailing' or 'linspace', as in diffusers.
+            x_T: (B, C, H, W) starting noise, on any device; its dtype is the run's (default:
+                float32 noise drawn with ``generator``).
+            generator: a ``torch.Generator`` that makes every random draw (x_T and each step's
+                noise), so a call is reproducible without touching the global seed; default:
+                the global RNG. A generator on another device than the model draws there and
+                the noise is copied over, as diffusers does.
+
+        Returns a CPU tensor (S, B, C, H, W) of every step's images, ``[-1]`` being the final
         samples, so ``samples[step][i]`` indexes like the seed's list; or only (B, C, H, W) with
         ``return_all_timesteps=False``. Images stay on the device until the loop ends: no step
-        synchronises with the host.
+        synchronises with the host (the step index and timestep are device tensors filled from
+        host integers, and the tables were copied to the device once).
 
-        ``cuda_graph=True`` (CUDA models only) captures one reverse step as a CUDA graph and
-        replays it T times with the timestep in a static device buffer, removing the per-step
-        launch overhead. Its noise comes from torch's CUDA generator inside the graph, so it
-        follows ``torch.manual_seed`` (the draws differ from the eager loop's, the distribution
-        does not).
+        ``cuda_graph=True`` records the S steps once into one CUDA graph (after two eager warm-up
+        steps) and replays it, removing every per-step launch. Its noise is drawn inside the
+        graph from ``generator`` (or torch's CUDA generator), so a graphed call is reproducible,
+        but its draws differ from the eager loop's (the distribution does not).
         """
         device = next(model.parameters()).device
         if cuda_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a model on a CUDA device, got {device}")
-        b = shape[0]
-        img = torch.randn(shape, device=device)
-        steps = torch.empty((self.timesteps, *shape), device=device) if return_all_timesteps else None
-        t = torch.empty(b, dtype=torch.long, device=device)
-        step = self._graphed_step(model, img, t) if cuda_graph else None
-        for i in tqdm(reversed(range(self.timesteps)), desc="sampling loop time step",
-                      total=self.timesteps, disable=not progress):
-            t.fill_(i)
-            if step is None:
-                img = self._p_sample_step(model, img, t, torch.randn_like(img))
-            else:
-                img.copy_(step())
-            if steps is not None:
-                steps[self.timesteps - 1 - i].copy_(img)
-        return (steps if steps is not None else img).cpu()
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if cuda_graph and generator is not None and generator.device != device:
+            raise ValueError(f"cuda_graph=True draws its noise inside the graph: generator must be on "
+                             f"the model's device {device}, got {generator.device}")
+        chosen = self.sampler(sampler, steps, eta, timestep_spacing)
+        x = self._starting_noise(shape, x_T, generator, device)
+        chosen.tables(device, x.dtype)  # copied to the device here, before the first step
+        record = torch.empty((chosen.steps, *x.shape), device=device, dtype=x.dtype) if return_all_timesteps else None
+        bar = tqdm(total=chosen.steps, desc=f"sampling ({chosen.name}, {chosen.steps} steps)",
+                   disable=not progress)
+        if cuda_graph:
+            x = self._graphed_loop(model, chosen, x, generator, record, bar)
+        else:
+            x = self._run_sampler(model, chosen, x, generator, record, bar)
+        bar.close()
+        return (record if record is not None else x).cpu()
 
-    def _graphed_step(self, model, img, t):
-        """A function replaying one captured reverse step that reads ``img`` and ``t`` in place
-        and returns the graph's output tensor (valid until the next replay)."""
-        def body():
-            return self._p_sample_step(model, img, t, torch.randn_like(img))
+    def _starting_noise(self, shape, x_T, generator, device):
+        if x_T is None:
+            return _randn(tuple(shape), generator, device, torch.float32)
+        if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != tuple(shape) or not x_T.is_floating_point():
+            got = f"{x_T.dtype} tensor of shape {tuple(x_T.shape)}" if isinstance(x_T, torch.Tensor) else type(x_T).__name__
+            raise ValueError(f"x_T must be a floating-point tensor of shape {tuple(shape)}, got a {got}")
+        return x_T.to(device)
 
-        t.fill_(self.timesteps - 1)
-        saved = img.clone()
-        side = torch.cuda.Stream(device=img.device)
-        side.wait_stream(torch.cuda.current_stream(img.device))
+    def _run_sampler(self, model, sampler, x, generator, record=None, bar=None, count=None):
+        """Steps 0 .. count - 1 (default: all) of ``sampler`` from ``x``; returns the last x.
+
+        The body of every loop, eager or captured: no validation and no host sync. The step
+        index and timestep are (B,) device tensors filled from host integers, and the op takes
+        its coefficient row on the device.
+        """
+        b = x.shape[0]
+        step = torch.empty(b, dtype=torch.long, device=x.device)
+        t = torch.empty(b, dtype=torch.long, device=x.device)
+        timesteps = sampler.timesteps.tolist()
+        prev_x0 = None
+        for k in range(sampler.steps if count is None else count):
+            step.fill_(k)
+            t.fill_(timesteps[k])
+            noise = _randn(x.shape, generator, x.device, x.dtype) if sampler.uses_noise else None
+            eps = model(x, t).to(x.dtype)
+            x, x0 = sampler.step(x, eps, step, prev_x0, noise, fused=self.fused)
+            prev_x0 = x0 if sampler.uses_prev_x0 else None
+            if record is not None:
+                record[k].copy_(x)
+            if bar is not None:
+                bar.update(1)
+        return x
+
+    def _graphed_loop(self, model, sampler, x, generator, record, bar):
+        """The whole loop of ``sampler`` from ``x`` captured as one CUDA graph and replayed once;
+        returns the final images (the graph's output)."""
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
-            for _ in range(2):
-                body()
-        torch.cuda.current_stream(img.device).wait_stream(side)
+            self._run_sampler(model, sampler, x, generator, count=min(2, sampler.steps))
+        torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = body()
-        img.copy_(saved)
-
-        def replay():
-            graph.replay()
-            return out
-
-        return replay
+        if generator is not None:  # the default CUDA generator is registered by the capture
+            graph.register_generator_state(generator)
+        # Under autocast, capture needs the cast cache off (PyTorch's CUDA-graph notes): cached
+        # casts of the weights made outside the capture would be reused inside it.
+        autocast = torch.is_autocast_enabled("cuda")
+        with torch.cuda.graph(graph), torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                                     enabled=autocast, cache_enabled=False):
+            out = self._run_sampler(model, sampler, x, generator, record, bar)
+        graph.replay()
+        return out
 
     @torch.no_grad()
-    def sample(self, model, image_size, batch_size=16, channels=3, **kwargs):
-        """Sample ``batch_size`` square images; see :meth:`p_sample_loop` for the result."""
-        return self.p_sample_loop(model, (batch_size, channels, image_size, image_size), **kwargs)
+    def sample(self, model, image_size, batch_size=16, channels=3, sampler="ddpm", steps=None, eta=0.0,
+               timestep_spacing=DEFAULT_TIMESTEP_SPACING, x_T=None, generator=None, **kwargs):
+        """Sample ``batch_size`` square images; see :meth:`p_sample_loop` for the arguments and
+        the result."""
+        return self.p_sample_loop(model, (batch_size, channels, image_size, image_size), sampler=sampler,
+                                  steps=steps, eta=eta, timestep_spacing=timestep_spacing, x_T=x_T,
+                                  generator=generator, **kwargs)
+
+
+def _randn(shape, generator, device, dtype):
+    """Standard normal noise on ``device`` drawn by ``generator`` (default: the global RNG).
+
+    A generator on another device draws there and the noise is copied over (diffusers'
+    ``randn_tensor`` does the same), so a CPU generator also drives a CUDA run.
+    """
+    if generator is None or generator.device == torch.device(device):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
 def _describe(t):

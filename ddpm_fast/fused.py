@@ -155,12 +155,14 @@ def accelerate(model, channels_last=None):
     Args:
         model: the U-Net (any ``nn.Module``; parts that match nothing are left alone).
         channels_last: store conv weights channels_last, so activations flow in that layout.
-            Default: on for CPU models, where oneDNN's convolutions are faster in it.
+            Default: on for CPU models on processors with AVX2 or AVX-512, where oneDNN's
+            convolutions are faster in it; off on baseline x86-64, where they are slower
+            (see :func:`ddpm_fast.ops.cpu_prefers_channels_last`).
     """
     _swap(model)
     if channels_last is None:
         param = next(model.parameters(), None)
-        channels_last = param is not None and param.device.type == "cpu"
+        channels_last = param is not None and param.device.type == "cpu" and ops.cpu_prefers_channels_last()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model

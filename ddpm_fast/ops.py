@@ -1,12 +1,13 @@
 """Python face of the compiled ops: loading, fake (meta) kernels, autograd and fallbacks.
 
-The schemas live in ``csrc/ops.cpp`` (namespace ``ddpm_fast``), each backend registers its
+The schemas live in ``csrc/op_schemas.h`` (namespace ``ddpm_fast``), each backend registers its
 kernels in C++, and this module adds what torch.compile and autograd need. Every public
 function here has the signature of its twin in :mod:`ddpm_fast.reference` and runs that
 reference when the compiled op does not cover a case (extension missing, another device or
 dtype), so callers never need to check.
 """
 
+import contextlib
 import warnings
 
 import torch
@@ -15,7 +16,7 @@ from . import reference
 
 _LOAD_ERROR = None
 try:
-    from . import _C  # noqa: F401  (importing the library runs its TORCH_LIBRARY registrations)
+    from . import _C  # importing the library runs its TORCH_LIBRARY registrations
 except (ImportError, OSError) as error:  # a missing or broken build must not break the package
     _LOAD_ERROR = f"{type(error).__name__}: {error}"
     warnings.warn(
@@ -26,7 +27,10 @@ except (ImportError, OSError) as error:  # a missing or broken build must not br
         stacklevel=2,
     )
 
-OP_NAMES = ("q_sample", "p_sample_update", "group_norm_act", "linear_attention")
+if _LOAD_ERROR is None and _C.cpu_isa_problem:
+    warnings.warn(f"ddpm_fast: {_C.cpu_isa_problem}", RuntimeWarning, stacklevel=2)
+
+OP_NAMES = ("q_sample", "p_sample_update", "group_norm_act", "linear_attention", "sampler_update")
 # dtypes each backend's kernels are written for; anything else runs the reference.
 _KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
@@ -42,6 +46,63 @@ def compiled_ops_loaded():
 def load_error():
     """Why the compiled extension failed to load, or None."""
     return _LOAD_ERROR
+
+
+def cpu_isa():
+    """The instruction-set level the CPU kernels run at: 'avx512', 'avx2' or 'default' (baseline
+    x86-64), or None without the compiled extension. It starts as the best this processor has,
+    or as the environment variable DDPM_FAST_CPU_ISA says."""
+    return _C.cpu_isa() if compiled_ops_loaded() else None
+
+
+def supported_cpu_isas():
+    """The levels this processor can run the CPU kernels at, baseline first ('default', ...)."""
+    return _C.supported_cpu_isas() if compiled_ops_loaded() else ()
+
+
+def set_cpu_isa(level):
+    """Runs the CPU kernels at ``level`` ('avx512', 'avx2' or 'default') from now on, for every
+    thread; returns the previous level. Raises ValueError for a level the processor lacks."""
+    if not compiled_ops_loaded():
+        raise RuntimeError(f"the compiled extension is not loaded: {_LOAD_ERROR}")
+    if level not in ("avx512", "avx2", "default"):
+        raise ValueError(f"level must be 'avx512', 'avx2' or 'default', got {level!r}")
+    previous = _C.cpu_isa()
+    _C.set_cpu_isa(level)
+    return previous
+
+
+@contextlib.contextmanager
+def using_cpu_isa(level):
+    """Runs the body with the CPU kernels at ``level``, then restores the previous level."""
+    previous = set_cpu_isa(level)
+    try:
+        yield
+    finally:
+        set_cpu_isa(previous)
+
+
+def cpu_prefers_channels_last():
+    """Whether CPU convolutions run faster channels_last here, for accelerate()'s default.
+
+    Decided by torch's own CPU level, since oneDNN runs the convolutions: at AVX2 and AVX-512
+    the seed U-Net's batch-64 forward is faster channels_last (331 against 387 ms, 311 against
+    370 ms), at baseline x86-64 slower (905 against 794 ms), on the development machine's AMD
+    EPYC with each level forced by scripts/at_cpu_isa.py.
+    """
+    return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
+def cpu_op_choices():
+    """What runs on the CPU here, per op: 'fused', or 'reference' and why; and the layout
+    accelerate() gives CPU models. Shown by :func:`ddpm_fast.cpu_report`."""
+    if not compiled_ops_loaded():
+        return {op: f"reference (no compiled extension: {_LOAD_ERROR})" for op in OP_NAMES}
+    choices = {op: "fused" for op in OP_NAMES + ("projected_linear_attention",)}
+    choices["accelerate() layout"] = (
+        "channels_last" if cpu_prefers_channels_last()
+        else "NCHW (oneDNN's channels_last convolutions are slower at torch's baseline level)")
+    return choices
 
 
 def _find_backends():
@@ -174,6 +235,20 @@ def conv1x1(x, weight, bias=None, channels_last_out=False):
     return out.view(b, c_out, h, w)
 
 
+# ---------------------------------------------------------------- sampler_update
+
+
+def sampler_update(x, eps, prev_x0, noise, step, coefs):
+    """Fused step of any sampler of :mod:`ddpm_fast.samplers`; see :func:`reference.sampler_update`.
+
+    x, eps: (B, C, H, W); prev_x0, noise: (B, C, H, W) or None; step: (B,) int64 rows of coefs
+    (S, 6), float32 or x's dtype. Returns (x_next, x0), each (B, C, H, W).
+    """
+    if _covered(x, eps, prev_x0, noise):
+        return torch.ops.ddpm_fast.sampler_update(x, eps, prev_x0, noise, step, coefs)
+    return reference.sampler_update(x, eps, prev_x0, noise, step, coefs)
+
+
 # ---------------------------------------------------------------- fake kernels and autograd
 
 
@@ -189,21 +264,21 @@ def _kernel_format(x):
     return torch.contiguous_format
 
 
-def _register_fakes():
-    @torch.library.register_fake("ddpm_fast::q_sample")
+def _register_fakes(namespace):
+    @torch.library.register_fake(f"{namespace}::q_sample")
     def _(x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noise):
         return torch.empty_like(x_start, memory_format=_dense_format(x_start, noise))
 
-    @torch.library.register_fake("ddpm_fast::p_sample_update")
+    @torch.library.register_fake(f"{namespace}::p_sample_update")
     def _(x, eps, t, sqrt_recip_alphas, eps_coef, posterior_std, noise):
         return torch.empty_like(x, memory_format=_dense_format(x, eps, noise))
 
-    @torch.library.register_fake("ddpm_fast::group_norm_act")
+    @torch.library.register_fake(f"{namespace}::group_norm_act")
     def _(x, num_groups, weight, bias, scale, shift, eps, act):
         stats = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
         return torch.empty_like(x, memory_format=_kernel_format(x)), stats, torch.empty_like(stats)
 
-    @torch.library.register_fake("ddpm_fast::group_norm_act_backward")
+    @torch.library.register_fake(f"{namespace}::group_norm_act_backward")
     def _(grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift, act):
         def like(p):
             return torch.empty_like(p, memory_format=torch.contiguous_format) if p is not None else x.new_empty(0)
@@ -211,24 +286,31 @@ def _register_fakes():
         dx = torch.empty_like(x, memory_format=_kernel_format(x))
         return dx, like(weight), like(bias), like(scale), like(shift)
 
-    @torch.library.register_fake("ddpm_fast::linear_attention")
+    @torch.library.register_fake(f"{namespace}::linear_attention")
     def _(qkv, heads, scale):
         b, c3, h, w = qkv.shape
         return qkv.new_empty((b, c3 // 3, h, w))
 
-    @torch.library.register_fake("ddpm_fast::linear_attention_backward")
+    @torch.library.register_fake(f"{namespace}::linear_attention_backward")
     def _(grad_out, qkv, heads, scale):
         return qkv.new_empty(qkv.shape)
 
-    @torch.library.register_fake("ddpm_fast::projected_linear_attention")
+    @torch.library.register_fake(f"{namespace}::projected_linear_attention")
     def _(x, w_qkv, heads, scale):
         b, _, h, w = x.shape
         return x.new_empty((b, w_qkv.shape[0] // 3, h, w))
 
-    @torch.library.register_fake("ddpm_fast::projected_linear_attention_backward")
+    @torch.library.register_fake(f"{namespace}::projected_linear_attention_backward")
     def _(grad_out, x, w_qkv, heads, scale):
         b, _, h, w = x.shape
         return x.new_empty((b, w_qkv.shape[0], h, w))
+
+
+    @torch.library.register_fake(f"{namespace}::sampler_update")
+    def _(x, eps, prev_x0, noise, step, coefs):
+        present = [t for t in (eps, prev_x0, noise) if t is not None]
+        layout = _dense_format(x, *present)
+        return torch.empty_like(x, memory_format=layout), torch.empty_like(x, memory_format=layout)
 
 
 def _dense_format(x, *others):
@@ -238,7 +320,9 @@ def _dense_format(x, *others):
     return torch.contiguous_format
 
 
-def _register_autograd():
+def _register_autograd(namespace):
+    lib = getattr(torch.ops, namespace)
+
     def q_sample_setup(ctx, inputs, output):
         x_start, t, a, b, noise = inputs
         ctx.save_for_backward(t, a, b)
@@ -250,7 +334,7 @@ def _register_autograd():
         return grad * ga, None, None, None, grad * gb
 
     torch.library.register_autograd(
-        "ddpm_fast::q_sample", q_sample_backward, setup_context=q_sample_setup
+        f"{namespace}::q_sample", q_sample_backward, setup_context=q_sample_setup
     )
 
     def p_sample_setup(ctx, inputs, output):
@@ -263,7 +347,7 @@ def _register_autograd():
         return grad * gm, -grad * gm * ge, None, None, None, None, grad * gs
 
     torch.library.register_autograd(
-        "ddpm_fast::p_sample_update", p_sample_backward, setup_context=p_sample_setup
+        f"{namespace}::p_sample_update", p_sample_backward, setup_context=p_sample_setup
     )
 
     def gn_setup(ctx, inputs, output):
@@ -274,7 +358,7 @@ def _register_autograd():
 
     def gn_backward(ctx, grad_y, grad_mean, grad_rstd):
         x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
-        dx, dw, db, dscale, dshift = torch.ops.ddpm_fast.group_norm_act_backward(
+        dx, dw, db, dscale, dshift = lib.group_norm_act_backward(
             grad_y, x, mean, rstd, ctx.num_groups, weight, bias, scale, shift, ctx.act
         )
 
@@ -285,7 +369,7 @@ def _register_autograd():
                 keep(dshift, shift), None, None)
 
     torch.library.register_autograd(
-        "ddpm_fast::group_norm_act", gn_backward, setup_context=gn_setup
+        f"{namespace}::group_norm_act", gn_backward, setup_context=gn_setup
     )
 
     def la_setup(ctx, inputs, output):
@@ -295,13 +379,13 @@ def _register_autograd():
 
     def la_backward(ctx, grad_out):
         (qkv,) = ctx.saved_tensors
-        grad = torch.ops.ddpm_fast.linear_attention_backward(
+        grad = lib.linear_attention_backward(
             grad_out.contiguous(), qkv, ctx.heads, ctx.scale
         )
         return grad, None, None
 
     torch.library.register_autograd(
-        "ddpm_fast::linear_attention", la_backward, setup_context=la_setup
+        f"{namespace}::linear_attention", la_backward, setup_context=la_setup
     )
 
     def pla_setup(ctx, inputs, output):
@@ -313,7 +397,7 @@ def _register_autograd():
         # The kernel recomputes q, k, v in cache and returns the gradient of the qkv the forward
         # never stored; the projection's two gradients are batched GEMMs from there.
         x, w_qkv = ctx.saved_tensors
-        grad_qkv = torch.ops.ddpm_fast.projected_linear_attention_backward(
+        grad_qkv = lib.projected_linear_attention_backward(
             grad_out, x, w_qkv, ctx.heads, ctx.scale
         )
         b, c, h, w = x.shape
@@ -329,10 +413,40 @@ def _register_autograd():
         return grad_x, grad_w, None, None
 
     torch.library.register_autograd(
-        "ddpm_fast::projected_linear_attention", pla_backward, setup_context=pla_setup
+        f"{namespace}::projected_linear_attention", pla_backward, setup_context=pla_setup
+    )
+
+    def sampler_update_setup(ctx, inputs, output):
+        x, eps, prev_x0, noise, step, coefs = inputs
+        ctx.has_prev_x0, ctx.has_noise = prev_x0 is not None, noise is not None
+        ctx.save_for_backward(step, coefs)
+
+    def sampler_update_backward(ctx, grad_out, grad_x0):
+        # Both outputs are linear in the inputs: each gradient is a per-sample combination of
+        # the two output gradients with the same coefficients. The tables get none.
+        step, coefs = ctx.saved_tensors
+        rows = coefs.index_select(0, step).to(grad_out.dtype)
+
+        def column(j):
+            return rows[:, j].reshape(step.shape[0], *((1,) * (grad_out.dim() - 1)))
+
+        grad_x = column(0) * grad_out + column(4) * grad_x0
+        grad_eps = column(1) * grad_out + column(5) * grad_x0
+        grad_prev = column(2) * grad_out if ctx.has_prev_x0 else None
+        grad_noise = column(3) * grad_out if ctx.has_noise else None
+        return grad_x, grad_eps, grad_prev, grad_noise, None, None
+
+    torch.library.register_autograd(
+        f"{namespace}::sampler_update", sampler_update_backward, setup_context=sampler_update_setup
     )
 
 
+def register_fakes_and_autograd(namespace):
+    """Registers the fake kernels and autograd formulas for the ops of library ``namespace``:
+    ``ddpm_fast``, or the CUDA emulation's copy of its schemas in the tests."""
+    _register_fakes(namespace)
+    _register_autograd(namespace)
+
+
 if compiled_ops_loaded():
-    _register_fakes()
-    _register_autograd()
+    register_fakes_and_autograd("ddpm_fast")

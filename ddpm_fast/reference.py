@@ -106,3 +106,28 @@ def projected_linear_attention(x, w_qkv, heads, scale):
     Returns (B, heads * dim_head, H, W).
     """
     return linear_attention(F.conv2d(x, w_qkv), heads, scale)
+
+
+def sampler_update(x, eps, prev_x0, noise, step, coefs):
+    """One step of any sampler of :mod:`ddpm_fast.samplers` (DDPM, DDIM, DPM-Solver++).
+
+    With ``c = coefs[step[b]]`` for sample b (columns ``samplers.COEFFICIENTS``)::
+
+        x0     = c[4] * x + c[5] * eps
+        x_next = c[0] * x + c[1] * eps + c[2] * prev_x0 + c[3] * noise
+
+    x, eps: (B, ...); prev_x0, noise: (B, ...) or None (their terms are dropped); step: (B,)
+    int64 rows of coefs in [0, S); coefs: (S, 6), float32 or x's dtype. Returns (x_next, x0).
+    """
+    rows = coefs.index_select(0, step).to(x.dtype)
+
+    def column(j):
+        return rows[:, j].reshape(step.shape[0], *((1,) * (x.dim() - 1)))
+
+    x0 = column(4) * x + column(5) * eps
+    x_next = column(0) * x + column(1) * eps
+    if prev_x0 is not None:
+        x_next = x_next + column(2) * prev_x0
+    if noise is not None:
+        x_next = x_next + column(3) * noise
+    return x_next, x0

@@ -116,3 +116,21 @@ def test_train_help_explains_batch_size_and_the_training_record(capsys):
                    "loss-curve.png the loss column against step", "--precision {fp32,bf16,fp16}",
                    "--grad-accum K", "--compile"):
         assert phrase in text, phrase
+
+
+def test_cli_sample_and_animate_take_the_sampler_options(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--steps", "3",
+                     "--timesteps", "20", "--batch-size", "16", "--out", str(out)]) == 0
+    ckpt = str(out / "checkpoint.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--num", "4", "--sampler", "ddim", "--steps", "5", "--eta", "0",
+                     "--out", str(tmp_path / "ddim.png"), "--gif", str(tmp_path / "ddim.gif")]) == 0
+    assert cli.main(["animate", "--checkpoint", ckpt, "--sampler", "dpm-solver++", "--steps", "4",
+                     "--timestep-spacing", "linspace", "--out", str(tmp_path / "dpm.gif")]) == 0
+    for name in ("ddim.png", "ddim.gif", "dpm.gif"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert cli.main(["sample", "--checkpoint", ckpt, "--sampler", "ddim", "--steps", "50"]) == 2
+    assert "steps must be an integer in [1, 20]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    assert "usage: ddpm-fast evaluate" in capsys.readouterr().out

@@ -121,3 +121,6 @@ def test_readme_usage_runs():
     assert ddpm_fast.accelerate(model) is model
     samples = diffusion.sample(model, image_size=8, batch_size=2, channels=1, progress=False)
     assert samples[-1].shape == (2, 1, 8, 8)
+    final = diffusion.sample(model, 8, batch_size=2, channels=1, sampler="dpm-solver++", steps=5,
+                             generator=torch.Generator().manual_seed(0), return_all_timesteps=False, progress=False)
+    assert final.shape == (2, 1, 8, 8)

@@ -7,6 +7,16 @@ import torch
 from ddpm_fast import GaussianDiffusion, ops, reference
 
 pytestmark = pytest.mark.skipif(not ops.compiled_ops_loaded(), reason="compiled extension not built")
+
+
+@pytest.fixture(autouse=True, params=ops.supported_cpu_isas() or ["none"])
+def cpu_isa(request):
+    """Every test runs with the CPU kernels at each instruction-set level this processor has."""
+    if request.param == "none":
+        yield request.param
+        return
+    with ops.using_cpu_isa(request.param):
+        yield request.param
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
 SCHEDULE = GaussianDiffusion(200, fused=False)
 
@@ -16,9 +26,12 @@ def tables(device, *names):
 
 
 def layouts(x):
-    """x as NCHW, channels_last and a non-contiguous view with the same values."""
+    """x as NCHW, channels_last, a non-contiguous view, and a dense tensor whose batch dimension
+    is not the outermost one (sample b is not one slab), all with the same values."""
     wide = torch.cat([x, x], dim=-1)[..., : x.shape[-1]]
-    return {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "strided": wide}
+    batch_inside = x.transpose(0, 1).contiguous().transpose(0, 1)
+    return {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "strided": wide,
+            "batch_not_outermost": batch_inside}
 
 
 def test_kernels_are_built_to_run_in_parallel():
@@ -61,7 +74,7 @@ def test_p_sample_update_matches_reference(device, batch):
     torch.testing.assert_close(torch.ops.ddpm_fast.p_sample_update(*args), reference.p_sample_update(*args))
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "batch_not_outermost"])
 def test_elementwise_ops_in_every_layout(layout):
     args = q_args(3)
     args[0], args[4] = layouts(args[0])[layout], layouts(args[4])[layout]
@@ -69,6 +82,18 @@ def test_elementwise_ops_in_every_layout(layout):
     pargs = p_args(3)
     pargs[0] = layouts(pargs[0])[layout]
     torch.testing.assert_close(ops.p_sample_update(*pargs), reference.p_sample_update(*pargs))
+
+
+def test_elementwise_ops_keep_samples_apart_when_the_batch_is_not_outermost():
+    # Dense with equal strides, so the kernels once took it as is, and sample b is not one slab.
+    x = torch.randn(3, 2, 4).transpose(0, 1)
+    noise = torch.randn(3, 2, 4).transpose(0, 1)
+    t = torch.tensor([3, 190])
+    q_tables, p_tables = tables("cpu", *Q_TABLES), tables("cpu", *P_TABLES)
+    torch.testing.assert_close(torch.ops.ddpm_fast.q_sample(x, t, *q_tables, noise),
+                               reference.q_sample(x, t, *q_tables, noise))
+    torch.testing.assert_close(torch.ops.ddpm_fast.p_sample_update(x, noise, t, *p_tables, x),
+                               reference.p_sample_update(x, noise, t, *p_tables, x))
 
 
 def test_elementwise_opcheck_and_gradcheck():
@@ -312,3 +337,86 @@ def test_every_op_compiles_without_graph_breaks():
     compiled = torch.compile(all_ops, fullgraph=True, backend="aot_eager")
     for got, expected in zip(compiled(x, weight, bias, scale, shift, qkv), all_ops(x, weight, bias, scale, shift, qkv)):
         torch.testing.assert_close(got, expected)
+
+
+# ---------------------------------------------------------------- sampler_update
+
+
+def sampler_args(batch, dtype=torch.float32, device="cpu", prev=True, noise=True, steps=7):
+    x = torch.randn(batch, 3, 5, 5, device=device, dtype=dtype)
+    optional = [torch.randn_like(x) if present else None for present in (prev, noise)]
+    step = torch.randint(0, steps, (batch,), device=device)
+    coefs = torch.randn(steps, 6, device=device, dtype=dtype)
+    return [x, torch.randn_like(x), *optional, step, coefs]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [0, 1, 5])
+@pytest.mark.parametrize("prev,noise", [(True, True), (True, False), (False, True), (False, False)])
+def test_sampler_update_matches_reference(device, dtype, batch, prev, noise):
+    args = sampler_args(batch, dtype, device, prev, noise)
+    for got, expected in zip(torch.ops.ddpm_fast.sampler_update(*args), reference.sampler_update(*args)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_sampler_update_keeps_float64_coefficients():
+    # Coefficients that float32 cannot hold: an fp64 run must not round its table to fp32.
+    args = sampler_args(3, torch.float64)
+    args[-1] = 1 + torch.rand(7, 6, dtype=torch.float64) * 1e-9
+    for got, expected in zip(ops.sampler_update(*args), reference.sampler_update(*args)):
+        torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_sampler_update_in_every_layout(layout, mixed):
+    args = sampler_args(3)
+    for i in range(4):  # with `mixed`, eps keeps NCHW while the others change layout
+        if not (mixed and i == 1):
+            args[i] = layouts(args[i])[layout]
+    out, x0 = ops.sampler_update(*args)
+    for got, expected in zip((out, x0), reference.sampler_update(*args)):
+        torch.testing.assert_close(got, expected)
+    if layout == "channels_last" and not mixed:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_sampler_update_reads_a_batch_that_is_not_outermost():
+    # Dense tensors whose batch dimension is not outermost: sample b is no flat slab of memory.
+    for x in (torch.randn(3, 2, 4).transpose(0, 1), torch.randn(3, 2, 4, 5).transpose(0, 1)):
+        eps, prev, noise = (torch.randn(x.shape[1], x.shape[0], *x.shape[2:]).transpose(0, 1) for _ in range(3))
+        step, coefs = torch.tensor([1, 0]), torch.randn(2, 6)
+        args = (x, eps, prev, noise, step, coefs)
+        for got, expected in zip(ops.sampler_update(*args), reference.sampler_update(*args)):
+            torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("prev,noise", [(True, True), (False, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sampler_update_opcheck_and_gradcheck(prev, noise, channels_last):
+    args = sampler_args(3, torch.float64, prev=prev, noise=noise)
+    if channels_last:
+        args[:4] = [a.contiguous(memory_format=torch.channels_last) if a is not None else None for a in args[:4]]
+    torch.library.opcheck(torch.ops.ddpm_fast.sampler_update, args)
+    leaves = [a.requires_grad_() if a is not None and a.dim() == 4 else a for a in args]
+    assert torch.autograd.gradcheck(lambda *a: ops.sampler_update(*a), leaves)
+
+
+def test_sampler_update_bad_input():
+    x, eps, prev, noise, step, coefs = sampler_args(2)
+    op = torch.ops.ddpm_fast.sampler_update
+    with pytest.raises(RuntimeError, match=r"sampler_update: step\[1\]=7 lies outside \[0, 7\)"):
+        op(x, eps, prev, noise, torch.tensor([0, 7]), coefs)
+    with pytest.raises(RuntimeError, match=r"sampler_update: step must be int64"):
+        op(x, eps, prev, noise, step.int(), coefs)
+    with pytest.raises(RuntimeError, match=r"sampler_update: step must have shape \(2,\)"):
+        op(x, eps, prev, noise, step[:1], coefs)
+    with pytest.raises(RuntimeError, match=r"sampler_update: coefs must have shape \(steps, 6\)"):
+        op(x, eps, prev, noise, step, coefs[:, :5])
+    with pytest.raises(RuntimeError, match=r"sampler_update: coefs must be float32 or Double"):
+        op(x.double(), eps.double(), None, None, step, coefs.half())
+    with pytest.raises(RuntimeError, match=r"sampler_update: prev_x0 must have the shape of x"):
+        op(x, eps, prev[:, :2], noise, step, coefs)
+    with pytest.raises(RuntimeError, match=r"sampler_update: noise must have x's dtype"):
+        op(x, eps, prev, noise.double(), step, coefs)

@@ -5,20 +5,13 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "isa.h"
 
 namespace ddpm_fast {
 namespace {
 
 at::Tensor gather_table(const at::Tensor& table, const at::Tensor& t, at::ScalarType dtype) {
   return table.index_select(0, t).to(dtype);
-}
-
-void check_range(const char* op, const at::Tensor& t_in, int64_t T) {
-  const at::Tensor t = t_in.contiguous();
-  const int64_t* tp = t.data_ptr<int64_t>();
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    TORCH_CHECK(tp[i] >= 0 && tp[i] < T, op, ": t[", i, "]=", tp[i], " lies outside [0, ", T, ")");
-  }
 }
 
 // out[i] = a[b] * x[i] + c[b] * y[i] (+ e[b] * z[i] when z is given) for element i of sample b:
@@ -28,19 +21,21 @@ template <typename T>
 void per_sample_combination(const T* x, const T* y, const T* z, const T* a, const T* c,
                             const T* e, T* out, int64_t batch, int64_t per_sample) {
   at::parallel_for(0, batch * per_sample, 16384, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    while (i < end) {
-      const int64_t b = i / per_sample;
-      const int64_t stop = std::min(end, (b + 1) * per_sample);
-      const T ab = a[b], cb = c[b];
-      if (z == nullptr) {
-        for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j];
-      } else {
-        const T eb = e[b];
-        for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j] + eb * z[j];
+    dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+      int64_t i = begin;
+      while (i < end) {
+        const int64_t b = i / per_sample;
+        const int64_t stop = std::min(end, (b + 1) * per_sample);
+        const T ab = a[b], cb = c[b];
+        if (z == nullptr) {
+          for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j];
+        } else {
+          const T eb = e[b];
+          for (int64_t j = i; j < stop; ++j) out[j] = ab * x[j] + cb * y[j] + eb * z[j];
+        }
+        i = stop;
       }
-      i = stop;
-    }
+    });
   });
 }
 
@@ -72,7 +67,7 @@ at::Tensor q_sample_cpu(const at::Tensor& x_start, const at::Tensor& t,
                         const at::Tensor& noise) {
   check_same_layout("q_sample", x_start, noise, "x_start", "noise");
   check_timesteps("q_sample", x_start, t, {&sqrt_alphas_cumprod, &sqrt_one_minus_alphas_cumprod});
-  check_range("q_sample", t, sqrt_alphas_cumprod.numel());
+  check_range("q_sample", "t", t, sqrt_alphas_cumprod.numel());
   const auto dtype = x_start.scalar_type();
   return combination_launch(x_start, noise, at::Tensor(),
                             gather_table(sqrt_alphas_cumprod, t, dtype),
@@ -86,7 +81,7 @@ at::Tensor p_sample_update_cpu(const at::Tensor& x, const at::Tensor& eps, const
   check_same_layout("p_sample_update", x, eps, "x", "eps");
   check_same_layout("p_sample_update", x, noise, "x", "noise");
   check_timesteps("p_sample_update", x, t, {&sqrt_recip_alphas, &eps_coef, &posterior_std});
-  check_range("p_sample_update", t, sqrt_recip_alphas.numel());
+  check_range("p_sample_update", "t", t, sqrt_recip_alphas.numel());
   const auto dtype = x.scalar_type();
   const at::Tensor m = gather_table(sqrt_recip_alphas, t, dtype);
   return combination_launch(x, eps, noise, m, -m * gather_table(eps_coef, t, dtype),

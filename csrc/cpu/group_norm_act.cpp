@@ -15,6 +15,7 @@
 #include "../checks.h"
 #include "../group_norm_grads.h"
 #include "activations.h"
+#include "isa.h"
 #include "vector_math.h"
 
 namespace ddpm_fast {
@@ -49,10 +50,10 @@ c10::optional<at::Tensor> contiguous_or_none(const c10::optional<at::Tensor>& t)
   return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
 }
 
-// ---- vectorised inner loops (one SIMD clone per ISA, see vector_math.h)
+// ---- vectorised inner loops, inlined into the callers' dispatch_isa (isa.h)
 
 template <typename T>
-DDPM_FAST_SIMD_CLONES T sum_of(const T* x, int64_t n) {
+DDPM_FAST_INLINE T sum_of(const T* x, int64_t n) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < n; ++j) s += x[j];
@@ -60,7 +61,7 @@ DDPM_FAST_SIMD_CLONES T sum_of(const T* x, int64_t n) {
 }
 
 template <typename T>
-DDPM_FAST_SIMD_CLONES T squared_deviation_sum(const T* x, int64_t n, T mean) {
+DDPM_FAST_INLINE T squared_deviation_sum(const T* x, int64_t n, T mean) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < n; ++j) s += (x[j] - mean) * (x[j] - mean);
@@ -68,7 +69,7 @@ DDPM_FAST_SIMD_CLONES T squared_deviation_sum(const T* x, int64_t n, T mean) {
 }
 
 template <typename T, Act A>
-DDPM_FAST_SIMD_CLONES void affine_act(const T* x, T* y, int64_t n, T a, T b) {
+DDPM_FAST_INLINE void affine_act(const T* x, T* y, int64_t n, T a, T b) {
   for (int64_t j = 0; j < n; ++j) y[j] = act_forward<A>(a * x[j] + b);
 }
 
@@ -83,7 +84,7 @@ inline int64_t sweep_rows(int64_t C) { return 16 / std::gcd(C, int64_t(16)); }
 
 // s1[k] += x - shift[k], s2[k] += (x - shift[k])^2 over `count` values of x, W lanes apart.
 template <typename T>
-DDPM_FAST_SIMD_CLONES void shifted_sums(const T* __restrict x, int64_t count, int64_t W, const T* __restrict shift,
+DDPM_FAST_INLINE void shifted_sums(const T* __restrict x, int64_t count, int64_t W, const T* __restrict shift,
                                         T* __restrict s1, T* __restrict s2) {
   for (int64_t off = 0; off < count; off += W)
 #pragma omp simd
@@ -96,7 +97,7 @@ DDPM_FAST_SIMD_CLONES void shifted_sums(const T* __restrict x, int64_t count, in
 
 // y = act(a[k] * x + b[k]) over `count` values, W lanes apart.
 template <typename T, Act A>
-DDPM_FAST_SIMD_CLONES void sweep_affine_act(const T* __restrict x, T* __restrict y, int64_t count, int64_t W,
+DDPM_FAST_INLINE void sweep_affine_act(const T* __restrict x, T* __restrict y, int64_t count, int64_t W,
                                             const T* __restrict a, const T* __restrict b) {
   for (int64_t off = 0; off < count; off += W)
 #pragma omp simd
@@ -110,20 +111,22 @@ void forward_nchw(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
                   int64_t G, int64_t HW, double eps) {
   const int64_t C = p.C, Cg = C / G, M = Cg * HW;
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / G, g = i % G;
-      const T* xb = x + (n * C + g * Cg) * HW;
-      const T mean = sum_of(xb, M) / T(M);
-      const T rstd = T(1) / std::sqrt(squared_deviation_sum(xb, M, mean) / T(M) + T(eps));
-      mean_out[i] = mean;
-      rstd_out[i] = rstd;
-      for (int64_t cl = 0; cl < Cg; ++cl) {
-        T a, b;
-        p.fold(n, g * Cg + cl, mean, rstd, &a, &b);
-        const int64_t offset = (n * C + g * Cg + cl) * HW;
-        affine_act<T, A>(x + offset, y + offset, HW, a, b);
+    dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / G, g = i % G;
+        const T* xb = x + (n * C + g * Cg) * HW;
+        const T mean = sum_of(xb, M) / T(M);
+        const T rstd = T(1) / std::sqrt(squared_deviation_sum(xb, M, mean) / T(M) + T(eps));
+        mean_out[i] = mean;
+        rstd_out[i] = rstd;
+        for (int64_t cl = 0; cl < Cg; ++cl) {
+          T a, b;
+          p.fold(n, g * Cg + cl, mean, rstd, &a, &b);
+          const int64_t offset = (n * C + g * Cg + cl) * HW;
+          affine_act<T, A>(x + offset, y + offset, HW, a, b);
+        }
       }
-    }
+    });
   });
 }
 
@@ -138,39 +141,41 @@ void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
   const int64_t swept = HW / rows * rows * C;  // values covered by full sweeps
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> shift(W), s1(W), s2(W), a(W), b(W);
-    for (int64_t n = begin; n < end; ++n) {
-      const T* xn = x + n * HW * C;
-      for (int64_t k = 0; k < W; ++k) shift[k] = xn[k % C];
-      std::fill(s1.begin(), s1.end(), T(0));
-      std::fill(s2.begin(), s2.end(), T(0));
-      shifted_sums<T>(xn, swept, W, shift.data(), s1.data(), s2.data());
-      shifted_sums<T>(xn + swept, HW * C - swept, C, shift.data(), s1.data(), s2.data());
-      for (int64_t g = 0; g < G; ++g) {
-        // Per channel: S1 = sum(x - s), S2 = sum((x - s)^2); per group, with mu the mean,
-        // sum((x - mu)^2) = S2 + 2 (s - mu) S1 + HW (s - mu)^2.
-        double total = 0;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          double s1c = 0;
-          for (int64_t r = 0; r < rows; ++r) s1c += s1[r * C + c];
-          total += double(shift[c]) * HW + s1c;
+    dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+      for (int64_t n = begin; n < end; ++n) {
+        const T* xn = x + n * HW * C;
+        for (int64_t k = 0; k < W; ++k) shift[k] = xn[k % C];
+        std::fill(s1.begin(), s1.end(), T(0));
+        std::fill(s2.begin(), s2.end(), T(0));
+        shifted_sums<T>(xn, swept, W, shift.data(), s1.data(), s2.data());
+        shifted_sums<T>(xn + swept, HW * C - swept, C, shift.data(), s1.data(), s2.data());
+        for (int64_t g = 0; g < G; ++g) {
+          // Per channel: S1 = sum(x - s), S2 = sum((x - s)^2); per group, with mu the mean,
+          // sum((x - mu)^2) = S2 + 2 (s - mu) S1 + HW (s - mu)^2.
+          double total = 0;
+          for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+            double s1c = 0;
+            for (int64_t r = 0; r < rows; ++r) s1c += s1[r * C + c];
+            total += double(shift[c]) * HW + s1c;
+          }
+          const double mean = total / double(Cg * HW);
+          double squares = 0;
+          for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+            double s1c = 0, s2c = 0;
+            for (int64_t r = 0; r < rows; ++r) s1c += s1[r * C + c], s2c += s2[r * C + c];
+            const double offset = double(shift[c]) - mean;
+            squares += s2c + 2 * offset * s1c + double(HW) * offset * offset;
+          }
+          const T rstd = T(1.0 / std::sqrt(std::max(squares, 0.0) / double(Cg * HW) + eps));
+          mean_out[n * G + g] = T(mean);
+          rstd_out[n * G + g] = rstd;
+          for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) p.fold(n, c, T(mean), rstd, &a[c], &b[c]);
         }
-        const double mean = total / double(Cg * HW);
-        double squares = 0;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          double s1c = 0, s2c = 0;
-          for (int64_t r = 0; r < rows; ++r) s1c += s1[r * C + c], s2c += s2[r * C + c];
-          const double offset = double(shift[c]) - mean;
-          squares += s2c + 2 * offset * s1c + double(HW) * offset * offset;
-        }
-        const T rstd = T(1.0 / std::sqrt(std::max(squares, 0.0) / double(Cg * HW) + eps));
-        mean_out[n * G + g] = T(mean);
-        rstd_out[n * G + g] = rstd;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) p.fold(n, c, T(mean), rstd, &a[c], &b[c]);
+        for (int64_t k = C; k < W; ++k) a[k] = a[k % C], b[k] = b[k % C];
+        sweep_affine_act<T, A>(xn, y + n * HW * C, swept, W, a.data(), b.data());
+        sweep_affine_act<T, A>(xn + swept, y + n * HW * C + swept, HW * C - swept, C, a.data(), b.data());
       }
-      for (int64_t k = C; k < W; ++k) a[k] = a[k % C], b[k] = b[k % C];
-      sweep_affine_act<T, A>(xn, y + n * HW * C, swept, W, a.data(), b.data());
-      sweep_affine_act<T, A>(xn + swept, y + n * HW * C + swept, HW * C - swept, C, a.data(), b.data());
-    }
+    });
   });
 }
 
@@ -222,7 +227,7 @@ DDPM_FAST_INLINE T grad_u(T xhat, T dy, T k, T ub) {
 
 // One channel row (NCHW): the two sums of pass 1.
 template <typename T, Act A>
-DDPM_FAST_SIMD_CLONES void row_grad_sums(const T* x, const T* dy, int64_t n, T mean, T rstd, T k,
+DDPM_FAST_INLINE void row_grad_sums(const T* x, const T* dy, int64_t n, T mean, T rstd, T k,
                                          T ub, T* sum_du, T* sum_du_xhat) {
   T s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
@@ -237,7 +242,7 @@ DDPM_FAST_SIMD_CLONES void row_grad_sums(const T* x, const T* dy, int64_t n, T m
 }
 
 template <typename T, Act A>
-DDPM_FAST_SIMD_CLONES void row_grad_input(const T* x, const T* dy, T* dx, int64_t n, T mean,
+DDPM_FAST_INLINE void row_grad_input(const T* x, const T* dy, T* dx, int64_t n, T mean,
                                           T rstd, T k, T ub, T m1, T m2) {
   for (int64_t j = 0; j < n; ++j) {
     const T xhat = (x[j] - mean) * rstd;
@@ -247,7 +252,7 @@ DDPM_FAST_SIMD_CLONES void row_grad_input(const T* x, const T* dy, T* dx, int64_
 
 // One sample (channels_last): per-channel vectors mean, rstd, k, ub (and m1, m2 in pass 2).
 template <typename T, Act A>
-DDPM_FAST_SIMD_CLONES void channel_grad_sums(const T* x, const T* dy, int64_t HW, int64_t C,
+DDPM_FAST_INLINE void channel_grad_sums(const T* x, const T* dy, int64_t HW, int64_t C,
                                              const T* mean, const T* rstd, const T* k,
                                              const T* ub, T* sum_du, T* sum_du_xhat) {
   for (int64_t j = 0; j < HW; ++j)
@@ -260,7 +265,7 @@ DDPM_FAST_SIMD_CLONES void channel_grad_sums(const T* x, const T* dy, int64_t HW
 }
 
 template <typename T, Act A>
-DDPM_FAST_SIMD_CLONES void channel_grad_input(const T* x, const T* dy, T* dx, int64_t HW,
+DDPM_FAST_INLINE void channel_grad_input(const T* x, const T* dy, T* dx, int64_t HW,
                                               int64_t C, const T* mean, const T* rstd,
                                               const T* k, const T* ub, const T* m1,
                                               const T* m2) {
@@ -302,24 +307,28 @@ struct Backward {
   void run_nchw() const {
     const int64_t C = p.C;
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t n = i / C, c = i % C, g = c / Cg();
-        row_grad_sums<T, A>(x + i * HW, dy + i * HW, HW, mean[n * G + g], rstd[n * G + g],
-                            k(n, c), ub(n, c), sum_du + i, sum_du_xhat + i);
-      }
+      dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / C, c = i % C, g = c / Cg();
+          row_grad_sums<T, A>(x + i * HW, dy + i * HW, HW, mean[n * G + g], rstd[n * G + g],
+                              k(n, c), ub(n, c), sum_du + i, sum_du_xhat + i);
+        }
+      });
     });
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> m1(G), m2(G);
       int64_t terms_of = -1;
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t n = i / C, c = i % C, g = c / Cg();
-        if (terms_of != n) {
-          group_terms(n, m1.data(), m2.data());
-          terms_of = n;
+      dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / C, c = i % C, g = c / Cg();
+          if (terms_of != n) {
+            group_terms(n, m1.data(), m2.data());
+            terms_of = n;
+          }
+          row_grad_input<T, A>(x + i * HW, dy + i * HW, dx + i * HW, HW, mean[n * G + g],
+                               rstd[n * G + g], k(n, c), ub(n, c), m1[g], m2[g]);
         }
-        row_grad_input<T, A>(x + i * HW, dy + i * HW, dx + i * HW, HW, mean[n * G + g],
-                             rstd[n * G + g], k(n, c), ub(n, c), m1[g], m2[g]);
-      }
+      });
     });
   }
 
@@ -327,25 +336,27 @@ struct Backward {
     const int64_t C = p.C;
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> m1(G), m2(G), cmean(C), crstd(C), ck(C), cub(C), cm1(C), cm2(C);
-      for (int64_t n = begin; n < end; ++n) {
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t g = c / Cg();
-          cmean[c] = mean[n * G + g];
-          crstd[c] = rstd[n * G + g];
-          ck[c] = k(n, c);
-          cub[c] = ub(n, c);
+      dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+        for (int64_t n = begin; n < end; ++n) {
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t g = c / Cg();
+            cmean[c] = mean[n * G + g];
+            crstd[c] = rstd[n * G + g];
+            ck[c] = k(n, c);
+            cub[c] = ub(n, c);
+          }
+          const int64_t offset = n * HW * C;
+          channel_grad_sums<T, A>(x + offset, dy + offset, HW, C, cmean.data(), crstd.data(),
+                                  ck.data(), cub.data(), sum_du + n * C, sum_du_xhat + n * C);
+          group_terms(n, m1.data(), m2.data());
+          for (int64_t c = 0; c < C; ++c) {
+            cm1[c] = m1[c / Cg()];
+            cm2[c] = m2[c / Cg()];
+          }
+          channel_grad_input<T, A>(x + offset, dy + offset, dx + offset, HW, C, cmean.data(),
+                                   crstd.data(), ck.data(), cub.data(), cm1.data(), cm2.data());
         }
-        const int64_t offset = n * HW * C;
-        channel_grad_sums<T, A>(x + offset, dy + offset, HW, C, cmean.data(), crstd.data(),
-                                ck.data(), cub.data(), sum_du + n * C, sum_du_xhat + n * C);
-        group_terms(n, m1.data(), m2.data());
-        for (int64_t c = 0; c < C; ++c) {
-          cm1[c] = m1[c / Cg()];
-          cm2[c] = m2[c / Cg()];
-        }
-        channel_grad_input<T, A>(x + offset, dy + offset, dx + offset, HW, C, cmean.data(),
-                                 crstd.data(), ck.data(), cub.data(), cm1.data(), cm2.data());
-      }
+      });
     });
   }
 };

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "isa.h"
 #include "small_gemm.h"
 #include "vector_math.h"
 
@@ -129,19 +130,19 @@ DDPM_FAST_INLINE void softmax_pair_backward(const T* sq, const T* dsq, const T* 
 
 // Forward of one (b, h) from q and k (rows ld_in apart) and v^T already in s.v_t:
 // ctx = scale * K v^T (d x d), then out = ctx^T Sq (d x n).
-template <typename T>
+template <CpuIsa I, typename T>
 DDPM_FAST_INLINE void attend(const T* q, const T* k, int64_t ld_in, T* out, Scratch<T>& s, int64_t d, int64_t n,
                              T scale) {
   softmax_pair<T>(q, k, ld_in, s.sq.data(), s.kk.data(), d, n, s.ld, s.col.data());
-  small_gemm<T>(s.kk.data(), s.ld, 1, s.v_t.data(), s.ldd, s.ctx.data(), s.ldd, d, n, d);
+  small_gemm<vector_bytes<I>>(s.kk.data(), s.ld, 1, s.v_t.data(), s.ldd, s.ctx.data(), s.ldd, d, n, d);
   scale_in_place<T>(s.ctx.data(), d * s.ldd, scale);
-  small_gemm<T>(s.ctx.data(), 1, s.ldd, s.sq.data(), s.ld, out, n, d, d, n);
+  small_gemm<vector_bytes<I>>(s.ctx.data(), 1, s.ldd, s.sq.data(), s.ld, out, n, d, d, n);
 }
 
-template <typename T>
-DDPM_FAST_SIMD_CLONES void attend_head(HeadSlices<T> in, T* out, Scratch<T>& s, int64_t d, int64_t n, T scale) {
+template <CpuIsa I, typename T>
+DDPM_FAST_INLINE void attend_head(HeadSlices<T> in, T* out, Scratch<T>& s, int64_t d, int64_t n, T scale) {
   transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
-  attend<T>(in.q, in.k, in.ld, out, s, d, n, scale);
+  attend<I, T>(in.q, in.k, in.ld, out, s, d, n, scale);
 }
 
 // The head's slice of grad_out, channel e of position j at g[e * c_stride + j * j_stride]
@@ -161,29 +162,29 @@ DDPM_FAST_INLINE void load_grad(const T* g, int64_t c_stride, int64_t j_stride, 
 // Backward of one (b, h) from q and k (rows ld_in apart) and v, v^T, g = grad_out, g^T
 // already in s, with C' = scale * K v^T:
 //   dSq = C' g, dC' = scale * Sq g^T, dK = dC' v, dv = dC'^T K, then the two softmax backwards.
-template <typename T>
+template <CpuIsa I, typename T>
 DDPM_FAST_INLINE void attend_backward(const T* q, const T* k, int64_t ld_in, HeadSlices<T> grad, Scratch<T>& s,
                                       int64_t d, int64_t n, T scale) {
   const int64_t ld = s.ld, ldd = s.ldd;
   softmax_pair<T>(q, k, ld_in, s.sq.data(), s.kk.data(), d, n, ld, s.col.data());
-  small_gemm<T>(s.kk.data(), ld, 1, s.v_t.data(), ldd, s.ctx.data(), ldd, d, n, d);
+  small_gemm<vector_bytes<I>>(s.kk.data(), ld, 1, s.v_t.data(), ldd, s.ctx.data(), ldd, d, n, d);
   scale_in_place<T>(s.ctx.data(), d * ldd, scale);
-  small_gemm<T>(s.ctx.data(), ldd, 1, s.g.data(), ld, s.dsq.data(), ld, d, d, n);
-  small_gemm<T>(s.sq.data(), ld, 1, s.g_t.data(), ldd, s.dctx.data(), ldd, d, n, d);
+  small_gemm<vector_bytes<I>>(s.ctx.data(), ldd, 1, s.g.data(), ld, s.dsq.data(), ld, d, d, n);
+  small_gemm<vector_bytes<I>>(s.sq.data(), ld, 1, s.g_t.data(), ldd, s.dctx.data(), ldd, d, n, d);
   scale_in_place<T>(s.dctx.data(), d * ldd, scale);
-  small_gemm<T>(s.dctx.data(), ldd, 1, s.v.data(), ld, s.dk.data(), ld, d, d, n);
-  small_gemm<T>(s.dctx.data(), 1, ldd, s.kk.data(), ld, grad.v, n, d, d, n);
+  small_gemm<vector_bytes<I>>(s.dctx.data(), ldd, 1, s.v.data(), ld, s.dk.data(), ld, d, d, n);
+  small_gemm<vector_bytes<I>>(s.dctx.data(), 1, ldd, s.kk.data(), ld, grad.v, n, d, d, n);
   softmax_pair_backward<T>(s.sq.data(), s.dsq.data(), s.kk.data(), s.dk.data(), grad.q, grad.k, d, n, ld,
                            s.col.data());
 }
 
-template <typename T>
-DDPM_FAST_SIMD_CLONES void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad, const T* grad_out,
+template <CpuIsa I, typename T>
+DDPM_FAST_INLINE void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad, const T* grad_out,
                                                 Scratch<T>& s, int64_t d, int64_t n, T scale) {
   copy_rows<T>(in.v, in.ld, s.v.data(), d, n, s.ld);
   transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
   load_grad<T>(grad_out, n, 1, s, d, n);
-  attend_backward<T>(in.q, in.k, in.ld, grad, s, d, n, scale);
+  attend_backward<I, T>(in.q, in.k, in.ld, grad, s, d, n, scale);
 }
 
 at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double scale) {
@@ -198,8 +199,10 @@ at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double 
     T* out_base = out.data_ptr<T>();
     at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
       Scratch<T> scratch(d, n, /*backward=*/false);
-      for (int64_t i = begin; i < end; ++i)
-        attend_head<T>(HeadSlices<T>(base, i, heads, d, n), out_base + i * d * n, scratch, d, n, T(scale));
+      dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+        for (int64_t i = begin; i < end; ++i)
+          attend_head<I, T>(HeadSlices<T>(base, i, heads, d, n), out_base + i * d * n, scratch, d, n, T(scale));
+      });
     });
   });
   return out;
@@ -222,9 +225,11 @@ at::Tensor linear_attention_backward_cpu(const at::Tensor& grad_out, const at::T
     const T* g_base = g.data_ptr<T>();
     at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
       Scratch<T> scratch(d, n, /*backward=*/true);
-      for (int64_t i = begin; i < end; ++i)
-        attend_head_backward<T>(HeadSlices<T>(base, i, heads, d, n), HeadSlices<T>(grad_base, i, heads, d, n),
-                                g_base + i * d * n, scratch, d, n, T(scale));
+      dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+        for (int64_t i = begin; i < end; ++i)
+          attend_head_backward<I, T>(HeadSlices<T>(base, i, heads, d, n), HeadSlices<T>(grad_base, i, heads, d, n),
+                                     g_base + i * d * n, scratch, d, n, T(scale));
+      });
     });
   });
   return grad_qkv;
@@ -249,33 +254,33 @@ DDPM_FAST_INLINE void gather_sample(const T* x, int64_t c_stride, int64_t j_stri
 // The q and k of head h, each (d x C) rows of w times the gathered sample (C x ld), into two
 // (d, ld) blocks of qk; v^T straight into s.v_t as the sample^T times the head's block of
 // w_v_t (C, ldd), so it needs no transpose.
-template <typename T>
+template <CpuIsa I, typename T>
 DDPM_FAST_INLINE void project_head(const T* w, const T* w_v_t, const T* sample, T* qk, Scratch<T>& s,
                                    int64_t heads, int64_t h, int64_t d, int64_t C, int64_t n) {
   for (int64_t part = 0; part < 2; ++part)
-    small_gemm<T>(w + (part * heads + h) * d * C, C, 1, sample, s.ld, qk + part * d * s.ld, s.ld, d, C, n);
-  small_gemm<T>(sample, 1, s.ld, w_v_t + h * C * s.ldd, s.ldd, s.v_t.data(), s.ldd, n, C, d);
+    small_gemm<vector_bytes<I>>(w + (part * heads + h) * d * C, C, 1, sample, s.ld, qk + part * d * s.ld, s.ld, d, C, n);
+  small_gemm<vector_bytes<I>>(sample, 1, s.ld, w_v_t + h * C * s.ldd, s.ldd, s.v_t.data(), s.ldd, n, C, d);
 }
 
-template <typename T>
-DDPM_FAST_SIMD_CLONES void project_and_attend_head(const T* w, const T* w_v_t, const T* sample, T* qk, T* out,
+template <CpuIsa I, typename T>
+DDPM_FAST_INLINE void project_and_attend_head(const T* w, const T* w_v_t, const T* sample, T* qk, T* out,
                                                    Scratch<T>& s, int64_t heads, int64_t h, int64_t d, int64_t C,
                                                    int64_t n, T scale) {
-  project_head<T>(w, w_v_t, sample, qk, s, heads, h, d, C, n);
-  attend<T>(qk, qk + d * s.ld, s.ld, out, s, d, n, scale);
+  project_head<I, T>(w, w_v_t, sample, qk, s, heads, h, d, C, n);
+  attend<I, T>(qk, qk + d * s.ld, s.ld, out, s, d, n, scale);
 }
 
 // Backward of one (b, h): the forward's projections plus v's rows (dK needs them), the head's
 // slice of grad_out (g, strides g_c and g_j), then the shared backward into grad's slices.
-template <typename T>
-DDPM_FAST_SIMD_CLONES void project_and_attend_head_backward(const T* w, const T* w_v_t, const T* sample, T* qk,
+template <CpuIsa I, typename T>
+DDPM_FAST_INLINE void project_and_attend_head_backward(const T* w, const T* w_v_t, const T* sample, T* qk,
                                                             const T* g, int64_t g_c, int64_t g_j, HeadSlices<T> grad,
                                                             Scratch<T>& s, int64_t heads, int64_t h, int64_t d,
                                                             int64_t C, int64_t n, T scale) {
-  project_head<T>(w, w_v_t, sample, qk, s, heads, h, d, C, n);
-  small_gemm<T>(w + (2 * heads + h) * d * C, C, 1, sample, s.ld, s.v.data(), s.ld, d, C, n);
+  project_head<I, T>(w, w_v_t, sample, qk, s, heads, h, d, C, n);
+  small_gemm<vector_bytes<I>>(w + (2 * heads + h) * d * C, C, 1, sample, s.ld, s.v.data(), s.ld, d, C, n);
   load_grad<T>(g, g_c, g_j, s, d, n);
-  attend_backward<T>(qk, qk + d * s.ld, s.ld, grad, s, d, n, scale);
+  attend_backward<I, T>(qk, qk + d * s.ld, s.ld, grad, s, d, n, scale);
 }
 
 // What the forward and backward share: x in a layout the kernel reads (channels_last or
@@ -295,23 +300,26 @@ struct ProjectedProblem {
     j_stride = channels_last ? C : 1;
   }
 
-  // Runs task(i, h, sample, qk, scratch) for every task i = b * heads + h, in parallel, with
-  // sample b gathered into padded rows (once for consecutive tasks of one sample).
+  // Runs task.template operator()<I>(i, h, sample, qk, scratch) at the active level I for every
+  // task i = b * heads + h, in parallel, with sample b gathered into padded rows (once for
+  // consecutive tasks of one sample).
   template <typename T, typename Task>
   void for_each_head(bool backward, const Task& task) const {
     const T* x_base = x.data_ptr<T>();
     at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
       Scratch<T> scratch(d, n, backward);
       std::vector<T> sample(C * scratch.ld, T(0)), qk(2 * d * scratch.ld, T(0));
-      int64_t gathered = -1;
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t b = i / heads;
-        if (b != gathered) {
-          gather_sample<T>(x_base + b * C * n, c_stride, j_stride, sample.data(), C, n, scratch.ld);
-          gathered = b;
+      dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
+        int64_t gathered = -1;
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t b = i / heads;
+          if (b != gathered) {
+            gather_sample<T>(x_base + b * C * n, c_stride, j_stride, sample.data(), C, n, scratch.ld);
+            gathered = b;
+          }
+          task.template operator()<I>(i, i % heads, sample.data(), qk.data(), scratch);
         }
-        task(i, i % heads, sample.data(), qk.data(), scratch);
-      }
+      });
     });
   }
 
@@ -338,9 +346,10 @@ at::Tensor projected_linear_attention_cpu(const at::Tensor& x_in, const at::Tens
     const T* w = p.w.data_ptr<T>();
     const std::vector<T> w_v_t = p.v_weights_transposed<T>();
     T* out_base = out.data_ptr<T>();
-    p.for_each_head<T>(false, [&](int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s) {
-      project_and_attend_head<T>(w, w_v_t.data(), sample, qk, out_base + i * p.d * p.n, s, heads, h, p.d, p.C,
-                                 p.n, T(scale));
+    p.for_each_head<T>(false, [&]<CpuIsa I>(int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s)
+                                   DDPM_FAST_ISA_LAMBDA {
+      project_and_attend_head<I, T>(w, w_v_t.data(), sample, qk, out_base + i * p.d * p.n, s, heads, h, p.d, p.C,
+                                    p.n, T(scale));
     });
   });
   return out;
@@ -370,12 +379,13 @@ at::Tensor projected_linear_attention_backward_cpu(const at::Tensor& grad_out, c
     const T* g_base = g.data_ptr<T>();
     T* grad_base = grad_qkv.data_ptr<T>();
     const int64_t g_c = g_channels_last ? 1 : p.n, g_j = g_channels_last ? hidden : 1;
-    p.for_each_head<T>(true, [&](int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s) {
+    p.for_each_head<T>(true, [&]<CpuIsa I>(int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s)
+                                  DDPM_FAST_ISA_LAMBDA {
       const int64_t b = i / heads;
       const T* gh = g_base + b * hidden * p.n + h * p.d * g_c;
-      project_and_attend_head_backward<T>(w, w_v_t.data(), sample, qk, gh, g_c, g_j,
-                                          HeadSlices<T>(grad_base, i, heads, p.d, p.n), s, heads, h, p.d, p.C, p.n,
-                                          T(scale));
+      project_and_attend_head_backward<I, T>(w, w_v_t.data(), sample, qk, gh, g_c, g_j,
+                                             HeadSlices<T>(grad_base, i, heads, p.d, p.n), s, heads, h, p.d, p.C,
+                                             p.n, T(scale));
     });
   });
   return grad_qkv;

@@ -1,21 +1,15 @@
 // Vectorisable math for the CPU kernels.
 //
 // std::exp is a scalar libm call, so a loop calling it never vectorises; fast_exp below is a
-// branch-free Cephes-style polynomial that GCC turns into SIMD code. DDPM_FAST_SIMD_CLONES
-// builds a function for AVX-512, AVX2 and baseline x86-64 and picks one at load time (GCC
-// function multi-versioning), so the wheel runs everywhere and uses the wide units where
-// they exist.
+// branch-free Cephes-style polynomial that GCC turns into SIMD code, at whatever instruction-set
+// level the calling kernel is compiled for (isa.h).
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <bit>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define DDPM_FAST_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DDPM_FAST_SIMD_CLONES
-#endif
-
+// Every helper of a kernel is inlined into its caller, so that it is compiled for the caller's
+// instruction-set level (isa.h).
 #define DDPM_FAST_INLINE inline __attribute__((always_inline))
 
 namespace ddpm_fast {

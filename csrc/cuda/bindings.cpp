@@ -7,6 +7,7 @@
 
 #include "../checks.h"
 #include "../group_norm_grads.h"
+#include "../sampler_update.h"
 #include "launchers.h"
 
 // torch's stable C shim (torch/csrc/inductor/aoti_torch/c/shim.h, declared there only when
@@ -42,9 +43,10 @@ at::ScalarType acc_dtype(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-const float* table_ptr(const at::Tensor& table, std::vector<at::Tensor>& keep) {
-  keep.push_back(table.to(at::kFloat).contiguous());
-  return keep.back().data_ptr<float>();
+// A schedule table in the kernels' accumulation type (fp64 stays fp64), kept alive in `keep`.
+const void* table_ptr(const at::Tensor& table, const at::Tensor& x, std::vector<at::Tensor>& keep) {
+  keep.push_back(table.to(acc_dtype(x)).contiguous());
+  return keep.back().data_ptr();
 }
 
 at::Tensor per_sample_update(const char* op, bool p_sample, const at::Tensor& x_in,
@@ -67,9 +69,9 @@ at::Tensor per_sample_update(const char* op, bool p_sample, const at::Tensor& x_
   p.out = out.data_ptr();
   p.t = tc.data_ptr<int64_t>();
   auto it = tables.begin();
-  p.A = table_ptr(**it++, keep);
-  p.B = table_ptr(**it++, keep);
-  p.C = p_sample ? table_ptr(**it, keep) : nullptr;
+  p.A = table_ptr(**it++, x, keep);
+  p.B = table_ptr(**it++, x, keep);
+  p.C = p_sample ? table_ptr(**it, x, keep) : nullptr;
   p.batch = x.size(0);
   p.per_sample = p.batch ? x.numel() / p.batch : 0;
   p.timesteps = (*tables.begin())->numel();
@@ -246,15 +248,53 @@ at::Tensor linear_attention_backward_cuda(const at::Tensor& grad_out, const at::
   return grad_qkv;
 }
 
+std::tuple<at::Tensor, at::Tensor> sampler_update_cuda(const at::Tensor& x_in, const at::Tensor& eps_in,
+                                                       const c10::optional<at::Tensor>& prev_in,
+                                                       const c10::optional<at::Tensor>& noise_in,
+                                                       const at::Tensor& step_in, const at::Tensor& coefs_in) {
+  check_sampler_update_args(x_in, eps_in, prev_in, noise_in, step_in, coefs_in);
+  c10::DeviceGuard guard(x_in.device());
+  const auto format = sampler_update_format(x_in, eps_in, prev_in, noise_in);
+  const at::Tensor x = x_in.contiguous(format), eps = eps_in.contiguous(format);
+  const auto prev = in_format(prev_in, format), noise = in_format(noise_in, format);
+  const at::Tensor step = step_in.contiguous();
+  // The kernel reads the table in its accumulation type, so fp64 samples keep fp64 coefficients.
+  const at::Tensor coefs = coefs_in.to(acc_dtype(x)).contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
+  at::Tensor x0 = at::empty(x.sizes(), x.options().memory_format(format));
+  cuda::SamplerUpdateParams p{};
+  p.x = x.data_ptr();
+  p.eps = eps.data_ptr();
+  p.prev_x0 = ptr_or_null(prev);
+  p.noise = ptr_or_null(noise);
+  p.out = out.data_ptr();
+  p.x0 = x0.data_ptr();
+  p.step = step.data_ptr<int64_t>();
+  p.coefs = coefs.data_ptr();
+  p.batch = x.size(0);
+  p.per_sample = p.batch ? x.numel() / p.batch : 0;
+  p.steps = coefs.size(0);
+  p.dtype = dtype_of("sampler_update", x);
+  check_launch("sampler_update", cuda::launch_sampler_update(p, current_stream(x)));
+  return {out, x0};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ddpm_fast, CUDA, m) {
+// The emulation of tests/cuda_emulation builds this file for CPU tensors, into its own library.
+#ifndef DDPM_FAST_CUDA_LIBRARY
+#define DDPM_FAST_CUDA_LIBRARY ddpm_fast
+#define DDPM_FAST_CUDA_DISPATCH_KEY CUDA
+#endif
+
+TORCH_LIBRARY_IMPL(DDPM_FAST_CUDA_LIBRARY, DDPM_FAST_CUDA_DISPATCH_KEY, m) {
   m.impl("q_sample", &q_sample_cuda);
   m.impl("p_sample_update", &p_sample_update_cuda);
   m.impl("group_norm_act", &group_norm_act_cuda);
   m.impl("group_norm_act_backward", &group_norm_act_backward_cuda);
   m.impl("linear_attention", &linear_attention_cuda);
   m.impl("linear_attention_backward", &linear_attention_backward_cuda);
+  m.impl("sampler_update", &sampler_update_cuda);
 }
 
 }  // namespace ddpm_fast

@@ -1,5 +1,6 @@
-// Helpers shared by the .cu files: type conversion to and from the accumulation type, block
-// reductions and launch-error reporting. CUDA headers only.
+// Helpers shared by the .cu files: the kernel launch, shared-memory declarations, type
+// conversion to and from the accumulation type, block reductions and launch-error reporting.
+// CUDA headers only.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -9,8 +10,40 @@
 
 #include "launchers.h"
 
+#if !defined(__CUDACC__)
+// A host C++ compiler sees these files only through the CPU emulation of the CUDA execution
+// model in tests/cuda_emulation, which supplies threadIdx, __syncthreads, shuffles, atomics and
+// the launch itself, so that CI runs the kernels exactly as written.
+#include "cuda_emulation.h"
+#endif
+
 namespace ddpm_fast {
 namespace cuda {
+
+// `type` unchanged: lets DDPM_SHARED name array types such as float[32] in one macro argument.
+template <typename T> using shared_type = T;
+
+// `DDPM_SHARED(float[32], partial);` declares `__shared__ float partial[32];`, one variable per
+// block. A macro only because the emulation must give each block its own, poisoned, copy.
+#if defined(__CUDACC__)
+#define DDPM_SHARED(type, name) __shared__ ::ddpm_fast::cuda::shared_type<type> name
+#else
+#define DDPM_SHARED(type, name) CUDA_EMULATION_SHARED(::ddpm_fast::cuda::shared_type<type>, name)
+#endif
+
+// The one way the .cu files launch a kernel: `Kernel<<<grid, block, 0, stream>>>(args...)` under
+// nvcc, the emulation's launch under a host compiler. Launchers check the result with
+// last_launch_error(). GCC 12 never instantiates a kernel named only in a nested generic lambda
+// when it depends on the outer lambda's parameters alone (the emulation then fails to load with
+// "undefined symbol"): launch such a kernel from the outer lambda.
+template <auto Kernel, typename... Args>
+inline void launch_kernel(dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
+#if defined(__CUDACC__)
+  Kernel<<<grid, block, 0, stream>>>(args...);
+#else
+  ::cuda_emulation::launch<Kernel>(grid, block, stream, args...);
+#endif
+}
 
 // Accumulation type: fp64 for fp64, fp32 otherwise.
 template <typename T> struct Acc { using type = float; };
@@ -104,23 +137,41 @@ inline void dispatch_act(int act, F&& f) {
   }
 }
 
-// Streaming multiprocessors of the current device, queried once per device: the split
-// reductions size their grids by it on every launch.
-inline int64_t sm_count() {
+// An attribute of the current device, queried once per device: launchers size their grids by
+// these on every launch.
+template <cudaDeviceAttr Attribute>
+inline int device_attribute(int fallback) {
   constexpr int kMaxDevices = 64;
-  static int counts[kMaxDevices] = {};
+  static int values[kMaxDevices] = {};
   int device = 0;
   cudaGetDevice(&device);
-  if (device < 0 || device >= kMaxDevices) return 80;
-  if (counts[device] == 0) {
-    int count = 0;
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    counts[device] = count > 0 ? count : 80;
+  if (device < 0 || device >= kMaxDevices) return fallback;
+  if (values[device] == 0) {
+    int value = 0;
+    cudaDeviceGetAttribute(&value, Attribute, device);
+    values[device] = value > 0 ? value : fallback;
   }
-  return counts[device];
+  return values[device];
 }
 
+// Streaming multiprocessors: the split reductions aim at a few blocks per SM.
+inline int64_t sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(80); }
+
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Kernels with one block row per sample, group or head index that row as grid_row() and launch
+// row_grid(x, rows) blocks: grid.y may not pass the device's limit (65535 on every GPU, so a
+// GroupNorm backward at batch 128 x 1024 channels would), and the rows beyond it continue in
+// grid.z. The limit is queried rather than assumed so that the CPU emulation can run the
+// overflow on small shapes, with a device of a lower limit. A kernel returns at once, before any
+// barrier, when grid_row() >= rows (the last z slice is partly empty).
+inline dim3 row_grid(unsigned x, int64_t rows) {
+  const int64_t limit = device_attribute<cudaDevAttrMaxGridDimY>(65535);
+  const int64_t y = rows < 1 ? 1 : (rows < limit ? rows : limit);
+  return dim3(x, static_cast<unsigned>(y), static_cast<unsigned>(ceil_div(rows, y)));
+}
+
+__device__ __forceinline__ int64_t grid_row() { return int64_t(blockIdx.z) * gridDim.y + blockIdx.y; }
 
 }  // namespace cuda
 }  // namespace ddpm_fast

@@ -1,5 +1,5 @@
 // CUDA kernels of q_sample and p_sample_update: memory-bound per-sample affine updates.
-// Parallelisation: a 2-D grid, blockIdx.y = sample (so the timestep and its coefficients are
+// Parallelisation: a 2-D grid, grid_row() = sample (so the timestep and its coefficients are
 // read once per block), blockIdx.x = tiles of kThreads * kVec elements of that sample, grid-
 // strided; element k * kThreads + threadIdx.x of a tile keeps every warp access coalesced.
 #include "common.cuh"
@@ -12,15 +12,16 @@ constexpr int kThreads = 256;
 constexpr int kVec = 4;
 
 template <typename T, bool P_SAMPLE>
-__global__ void per_sample_update_kernel(PerSampleUpdateParams p, int64_t first_sample) {
+__global__ void per_sample_update_kernel(PerSampleUpdateParams p) {
   using A = acc_t<T>;
-  const int64_t b = first_sample + blockIdx.y;
+  const int64_t b = grid_row();
+  if (b >= p.batch) return;
   const int64_t s = p.t[b];
   const bool valid = s >= 0 && s < p.timesteps;
   const A nan = A(__int_as_float(0x7fc00000));
-  const A ca = valid ? A(p.A[s]) : nan;
-  const A cb = valid ? A(p.B[s]) : nan;
-  const A cc = P_SAMPLE && valid ? A(p.C[s]) : A(0);
+  const A ca = valid ? static_cast<const A*>(p.A)[s] : nan;
+  const A cb = valid ? static_cast<const A*>(p.B)[s] : nan;
+  const A cc = P_SAMPLE && valid ? static_cast<const A*>(p.C)[s] : A(0);
   const T* x = static_cast<const T*>(p.x) + b * p.per_sample;
   const T* y = static_cast<const T*>(p.y) + b * p.per_sample;
   const T* z = P_SAMPLE ? static_cast<const T*>(p.z) + b * p.per_sample : nullptr;
@@ -48,18 +49,11 @@ template <bool P_SAMPLE>
 const char* launch(const PerSampleUpdateParams& p, void* stream) {
   if (p.batch == 0 || p.per_sample == 0) return nullptr;
   const int64_t chunks = ceil_div(p.per_sample, int64_t(kThreads) * kVec);
-  constexpr int64_t kMaxGridY = 65535;
-  for (int64_t first = 0; first < p.batch; first += kMaxGridY) {  // one launch per 65535 samples
-    const int64_t samples = p.batch - first < kMaxGridY ? p.batch - first : kMaxGridY;
-    const dim3 grid(static_cast<unsigned>(chunks < 65535 ? chunks : 65535),
-                    static_cast<unsigned>(samples));
-    dispatch_dtype(p.dtype, [&]<typename T>() {
-      per_sample_update_kernel<T, P_SAMPLE>
-          <<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, first);
-    });
-    if (const char* error = last_launch_error()) return error;
-  }
-  return nullptr;
+  const dim3 grid = row_grid(static_cast<unsigned>(chunks < 65535 ? chunks : 65535), p.batch);
+  dispatch_dtype(p.dtype, [&]<typename T>() {
+    launch_kernel<per_sample_update_kernel<T, P_SAMPLE>>(grid, dim3(kThreads), static_cast<cudaStream_t>(stream), p);
+  });
+  return last_launch_error();
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // CUDA kernels of group_norm_act, forward and backward, NCHW and channels_last.
 //
-// Forward = two kernels. (1) Split statistics: blockIdx.y = (n, g), blockIdx.x = one of
+// Forward = two kernels. (1) Split statistics: grid_row() = (n, g), blockIdx.x = one of
 // `splits` slices of the group's M = C/G * H*W elements, so batch-1 sampling still fills the GPU
 // (one block per (n, g) would leave most SMs idle at N*G = 1). Each slice writes shifted sums
 // (shift = the group's first element, which avoids the cancellation of plain sum-of-squares).
@@ -42,8 +42,9 @@ __device__ __forceinline__ acc_t<T> load_or(const void* p, int64_t i, acc_t<T> f
 template <typename T>
 __global__ void partial_stats_kernel(GroupNormActParams p, GroupIndex gi) {
   using A = acc_t<T>;
-  __shared__ A shared[32];
-  const int64_t ng = blockIdx.y, n = ng / p.G, g = ng % p.G;
+  DDPM_SHARED(A[32], shared);
+  const int64_t ng = grid_row(), n = ng / p.G, g = ng % p.G;
+  if (ng >= p.N * p.G) return;
   const int64_t M = gi.Cg * p.HW, per = ceil_div(M, p.splits);
   const int64_t begin = blockIdx.x * per, end = begin + per < M ? begin + per : M;
   const A shift = load<T>(p.x, gi.offset(n, g, 0));
@@ -62,11 +63,10 @@ __global__ void partial_stats_kernel(GroupNormActParams p, GroupIndex gi) {
   }
 }
 
-// mean and rstd of group (n, g) from its split partials; every thread gets them.
+// mean and rstd of group ng = (n, g) from its split partials; every thread gets them.
 template <typename A>
-__device__ __forceinline__ void group_stats(const GroupNormActParams& p, A shift, int64_t M,
+__device__ __forceinline__ void group_stats(const GroupNormActParams& p, int64_t ng, A shift, int64_t M,
                                             A* shared, A* mean, A* rstd) {
-  const int64_t ng = blockIdx.y;
   const A* partials = static_cast<const A*>(p.partials) + ng * p.splits * 2;
   A s = 0, sq = 0;
   for (int64_t i = threadIdx.x; i < p.splits; i += blockDim.x) {
@@ -84,11 +84,12 @@ __device__ __forceinline__ void group_stats(const GroupNormActParams& p, A shift
 template <typename T, int ACT>
 __global__ void apply_kernel(GroupNormActParams p, GroupIndex gi) {
   using A = acc_t<T>;
-  __shared__ A shared[32];
-  const int64_t ng = blockIdx.y, n = ng / p.G, g = ng % p.G;
+  DDPM_SHARED(A[32], shared);
+  const int64_t ng = grid_row(), n = ng / p.G, g = ng % p.G;
+  if (ng >= p.N * p.G) return;
   const int64_t M = gi.Cg * p.HW, per = ceil_div(M, p.splits);
   A mean, rstd;
-  group_stats<A>(p, load<T>(p.x, gi.offset(n, g, 0)), M, shared, &mean, &rstd);
+  group_stats<A>(p, ng, load<T>(p.x, gi.offset(n, g, 0)), M, shared, &mean, &rstd);
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     static_cast<A*>(p.mean)[ng] = mean;
     static_cast<A*>(p.rstd)[ng] = rstd;
@@ -124,19 +125,21 @@ __device__ __forceinline__ void grads(const GroupNormActParams& p, int64_t n, in
   }
 }
 
-// Per-(n, c) sums of du and du * xhat. blockIdx.y = n * C + c for NCHW (rows of HW), or n for
+// Per-(n, c) sums of du and du * xhat. grid_row() = n * C + c for NCHW (rows of HW), or n for
 // channels_last (threads along channels, blockIdx.x slices of positions).
 template <typename T, int ACT>
 __global__ void grad_sums_kernel(GroupNormActParams p) {
   using A = acc_t<T>;
-  __shared__ A shared[32];
+  DDPM_SHARED(A[32], shared);
   A* sum_du = static_cast<A*>(p.sum_du);
   A* sum_du_xhat = static_cast<A*>(p.sum_du_xhat);
   const int64_t Cg = p.C / p.G;
   const int64_t per = ceil_div(p.HW, p.splits);
   const int64_t begin = blockIdx.x * per, end = begin + per < p.HW ? begin + per : p.HW;
+  const int64_t row = grid_row();
+  if (row >= (p.nhwc ? p.N : p.N * p.C)) return;
   if (!p.nhwc) {
-    const int64_t nc = blockIdx.y, n = nc / p.C, c = nc % p.C, ng = n * p.G + c / Cg;
+    const int64_t nc = row, n = nc / p.C, c = nc % p.C, ng = n * p.G + c / Cg;
     const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
     A s1 = 0, s2 = 0;
     for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
@@ -153,7 +156,7 @@ __global__ void grad_sums_kernel(GroupNormActParams p) {
     }
     return;
   }
-  const int64_t n = blockIdx.y;
+  const int64_t n = row;
   for (int64_t c = threadIdx.x; c < p.C; c += blockDim.x) {
     const int64_t ng = n * p.G + c / Cg;
     const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
@@ -207,6 +210,7 @@ __global__ void grad_input_kernel(GroupNormActParams p) {
 }  // namespace
 
 int64_t group_norm_splits(int64_t rows, int64_t elements) {
+  if (rows <= 0 || elements <= 0) return 1;  // an empty input launches nothing
   const int64_t want = ceil_div(4 * sm_count(), rows);
   const int64_t most = ceil_div(elements, kThreads);
   const int64_t splits = want < most ? want : most;
@@ -217,10 +221,10 @@ const char* launch_group_norm_act_forward(const GroupNormActParams& p, void* str
   if (p.N == 0 || p.C == 0 || p.HW == 0) return nullptr;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   const GroupIndex gi{p.C, p.HW, p.C / p.G, p.nhwc};
-  const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.N * p.G));
+  const dim3 grid = row_grid(static_cast<unsigned>(p.splits), p.N * p.G);
   dispatch_dtype(p.dtype, [&]<typename T>() {
-    partial_stats_kernel<T><<<grid, kThreads, 0, stream>>>(p, gi);
-    dispatch_act(p.act, [&]<int ACT>() { apply_kernel<T, ACT><<<grid, kThreads, 0, stream>>>(p, gi); });
+    launch_kernel<partial_stats_kernel<T>>(grid, dim3(kThreads), stream, p, gi);
+    dispatch_act(p.act, [&]<int ACT>() { launch_kernel<apply_kernel<T, ACT>>(grid, dim3(kThreads), stream, p, gi); });
   });
   return last_launch_error();
 }
@@ -235,15 +239,14 @@ const char* launch_group_norm_act_backward(const GroupNormActParams& p, void* st
   GroupNormActParams q = p;  // the sums split HW per (n, c) row (NCHW) or per sample (NHWC)
   const int64_t rows = p.nhwc ? p.N : p.N * p.C;
   q.splits = group_norm_splits(rows, p.HW);
-  const dim3 sums_grid(static_cast<unsigned>(q.splits), static_cast<unsigned>(rows));
+  const dim3 sums_grid = row_grid(static_cast<unsigned>(q.splits), rows);
   const int64_t total = p.N * p.C * p.HW;
   const unsigned blocks = static_cast<unsigned>(ceil_div(total, kThreads) < 65535 * 8 ? ceil_div(total, kThreads) : 65535 * 8);
   dispatch_dtype(p.dtype, [&]<typename T>() {
-    dispatch_act(p.act, [&]<int ACT>() {
-      grad_sums_kernel<T, ACT><<<sums_grid, kThreads, 0, stream>>>(q);
-      group_terms_kernel<T><<<static_cast<unsigned>(ceil_div(p.N * p.G, kThreads)), kThreads, 0, stream>>>(p);
-      grad_input_kernel<T, ACT><<<blocks, kThreads, 0, stream>>>(p);
-    });
+    dispatch_act(p.act, [&]<int ACT>() { launch_kernel<grad_sums_kernel<T, ACT>>(sums_grid, dim3(kThreads), stream, q); });
+    launch_kernel<group_terms_kernel<T>>(dim3(static_cast<unsigned>(ceil_div(p.N * p.G, kThreads))), dim3(kThreads),
+                                         stream, p);
+    dispatch_act(p.act, [&]<int ACT>() { launch_kernel<grad_input_kernel<T, ACT>>(dim3(blocks), dim3(kThreads), stream, p); });
   });
   return last_launch_error();
 }

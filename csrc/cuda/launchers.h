@@ -22,9 +22,9 @@ struct PerSampleUpdateParams {
   const void* z;        // same layout as x (p_sample_update only)
   void* out;            // same layout as x
   const int64_t* t;     // (B,) timesteps; an out-of-range t yields NaN rows (no host sync)
-  const float* A;       // (T,) coefficient tables, fp32 on the device
-  const float* B;       // (T,)
-  const float* C;       // (T,) (p_sample_update only)
+  const void* A;        // (T,) coefficient tables in the accumulation type: fp64 for fp64, else fp32
+  const void* B;        // (T,)
+  const void* C;        // (T,) (p_sample_update only)
   int64_t batch;        // B
   int64_t per_sample;   // elements of one sample
   int64_t timesteps;    // T
@@ -87,6 +87,27 @@ inline int64_t max_head_dim(DType dtype) { return dtype == DType::kFloat64 ? 32 
 
 const char* launch_linear_attention_forward(const LinearAttentionParams& p, void* stream);
 const char* launch_linear_attention_backward(const LinearAttentionParams& p, void* stream);
+
+// One step of any sampler (sampler_update; DDPM, DDIM, DPM-Solver++). For element i of sample b,
+// s = step[b] and its coefficient row c = coefs + 6 * s:
+//   x0[i]  = c[4] * x[i] + c[5] * eps[i]
+//   out[i] = c[0] * x[i] + c[1] * eps[i] + c[2] * prev_x0[i] + c[3] * noise[i]
+struct SamplerUpdateParams {
+  const void* x;        // (B, per_sample) in `dtype`, dense and batch-major (NCHW or NHWC)
+  const void* eps;      // same layout as x: the model's predicted noise
+  const void* prev_x0;  // same layout as x, or nullptr (term dropped): the previous step's x0
+  const void* noise;    // same layout as x, or nullptr (term dropped): fresh Gaussian noise
+  void* out;            // same layout as x: the next sample
+  void* x0;             // same layout as x: this step's prediction of the clean sample
+  const int64_t* step;  // (B,) row of coefs per sample; an out-of-range row yields NaN (no host sync)
+  const void* coefs;    // (steps, 6) row-major, in the accumulation type: fp64 for fp64, else fp32
+  int64_t batch;        // B
+  int64_t per_sample;   // elements of one sample
+  int64_t steps;        // rows of coefs
+  DType dtype;          // element type of x, eps, prev_x0, noise, out and x0
+};
+
+const char* launch_sampler_update(const SamplerUpdateParams& p, void* stream);
 
 }  // namespace cuda
 }  // namespace ddpm_fast

@@ -4,7 +4,7 @@
 // K = softmax_n(k) per channel, C = K v^T (d x d), out = (scale * C)^T Sq.
 // Kernels and their parallelisation:
 //   k_stats:  one block per row of k (b, h, d): max and sum of exp over the n positions.
-//   context:  blockIdx.y = (b, h), blockIdx.x = a slice of positions; tiles of K and v (and,
+//   context:  grid_row() = (b, h), blockIdx.x = a slice of positions; tiles of K and v (and,
 //             backward, of Sq and grad_out) in shared memory; each thread owns a few of the
 //             d x d entries and atomically adds its slice's sum (C, and dC = Sq grad_out^T).
 //   output:   one thread per position: softmax of its q column in registers, then out = C'^T p.
@@ -32,7 +32,7 @@ __device__ __forceinline__ const T* slice(const LinearAttentionParams& p, int pa
 template <typename T>
 __global__ void k_stats_kernel(LinearAttentionParams p) {
   using A = acc_t<T>;
-  __shared__ A shared[32];
+  DDPM_SHARED(A[32], shared);
   const int64_t row = blockIdx.x, bh = row / p.d, i = row % p.d;
   const T* k = slice<T>(p, 1, bh) + i * p.n;
   A m = -INFINITY;
@@ -47,8 +47,8 @@ __global__ void k_stats_kernel(LinearAttentionParams p) {
   }
 }
 
-// Column softmax over d of q at position j, into p (registers). Returns nothing; D is the
-// compile-time bound of d.
+// Column softmax over d of q at position j, into out[0, D) (registers): D is the compile-time
+// bound of d, and the entries from d on are 0, since callers sum over all D of them.
 template <int D, typename T>
 __device__ __forceinline__ void q_softmax(const T* q, int64_t n, int64_t j, int d, acc_t<T>* out) {
   using A = acc_t<T>;
@@ -61,8 +61,7 @@ __device__ __forceinline__ void q_softmax(const T* q, int64_t n, int64_t j, int 
   for (int i = 0; i < D; ++i)
     if (i < d) s += (out[i] = exp(to_acc(q[i * n + j]) - m));
 #pragma unroll
-  for (int i = 0; i < D; ++i)
-    if (i < d) out[i] /= s;
+  for (int i = 0; i < D; ++i) out[i] = i < d ? out[i] / s : A(0);
 }
 
 // C = K v^T and, when BACKWARD, dC = Sq grad_out^T, both summed over this block's positions and
@@ -72,9 +71,12 @@ __global__ void context_kernel(LinearAttentionParams p, int64_t per_block) {
   using A = acc_t<T>;
   constexpr int kEntries = (D * D + kThreads - 1) / kThreads;
   constexpr int kT = kTile<A>;
-  __shared__ A k_tile[D][kT], v_tile[D][kT];
-  __shared__ A q_tile[BACKWARD ? D : 1][kT], g_tile[BACKWARD ? D : 1][kT];
-  const int64_t bh = blockIdx.y;
+  DDPM_SHARED(A[D][kT], k_tile);
+  DDPM_SHARED(A[D][kT], v_tile);
+  DDPM_SHARED(A[BACKWARD ? D : 1][kT], q_tile);
+  DDPM_SHARED(A[BACKWARD ? D : 1][kT], g_tile);
+  const int64_t bh = grid_row();
+  if (bh >= p.B * p.heads) return;
   const int d = static_cast<int>(p.d);
   const T *q = slice<T>(p, 0, bh), *k = slice<T>(p, 1, bh), *v = slice<T>(p, 2, bh);
   const T* g = BACKWARD ? static_cast<const T*>(p.grad_out) + bh * p.d * p.n : nullptr;
@@ -134,8 +136,9 @@ __global__ void context_kernel(LinearAttentionParams p, int64_t per_block) {
 template <int D, typename T>
 __global__ void output_kernel(LinearAttentionParams p) {
   using A = acc_t<T>;
-  __shared__ A ctx[D][D];
-  const int64_t bh = blockIdx.y;
+  DDPM_SHARED(A[D][D], ctx);
+  const int64_t bh = grid_row();
+  if (bh >= p.B * p.heads) return;
   const int d = static_cast<int>(p.d);
   for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
     const int i = idx / D, c = idx % D;
@@ -160,8 +163,13 @@ __global__ void output_kernel(LinearAttentionParams p) {
 template <int D, typename T>
 __global__ void input_grads_kernel(LinearAttentionParams p) {
   using A = acc_t<T>;
-  __shared__ A ctx[D][D], dctx[D][D], rowdot[D], kmax[D], ksum[D];
-  const int64_t bh = blockIdx.y;
+  DDPM_SHARED(A[D][D], ctx);
+  DDPM_SHARED(A[D][D], dctx);
+  DDPM_SHARED(A[D], rowdot);
+  DDPM_SHARED(A[D], kmax);
+  DDPM_SHARED(A[D], ksum);
+  const int64_t bh = grid_row();
+  if (bh >= p.B * p.heads) return;
   const int d = static_cast<int>(p.d);
   const A scale = A(p.scale);
   for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
@@ -234,27 +242,27 @@ const char* run(const LinearAttentionParams& p, cudaStream_t stream, bool backwa
   const size_t ctx_bytes = size_t(bh * p.d * p.d) * sizeof(A);
   cudaMemsetAsync(p.ctx, 0, ctx_bytes, stream);
   if (backward) cudaMemsetAsync(p.dctx, 0, ctx_bytes, stream);
-  k_stats_kernel<T><<<static_cast<unsigned>(bh * p.d), kThreads, 0, stream>>>(p);
+  launch_kernel<k_stats_kernel<T>>(dim3(static_cast<unsigned>(bh * p.d)), dim3(kThreads), stream, p);
   // Slices of positions per (b, h): enough blocks to fill the GPU, at least one tile each.
   int64_t slices = ceil_div(4 * sm_count(), bh);
   const int64_t most = ceil_div(p.n, kTile<A>);
   slices = slices < most ? slices : most;
   slices = slices < 1 ? 1 : slices;
   const int64_t per_block = ceil_div(ceil_div(p.n, slices), kTile<A>) * kTile<A>;
-  const dim3 context_grid(static_cast<unsigned>(ceil_div(p.n, per_block)), static_cast<unsigned>(bh));
-  const dim3 position_grid(static_cast<unsigned>(ceil_div(p.n, kPositions)), static_cast<unsigned>(bh));
+  const dim3 context_grid = row_grid(static_cast<unsigned>(ceil_div(p.n, per_block)), bh);
+  const dim3 position_grid = row_grid(static_cast<unsigned>(ceil_div(p.n, kPositions)), bh);
   if (!backward) {
-    context_kernel<D, T, false><<<context_grid, kThreads, 0, stream>>>(p, per_block);
-    output_kernel<D, T><<<position_grid, kPositions, 0, stream>>>(p);
+    launch_kernel<context_kernel<D, T, false>>(context_grid, dim3(kThreads), stream, p, per_block);
+    launch_kernel<output_kernel<D, T>>(position_grid, dim3(kPositions), stream, p);
   } else {
-    context_kernel<D, T, true><<<context_grid, kThreads, 0, stream>>>(p, per_block);
-    input_grads_kernel<D, T><<<position_grid, kPositions, 0, stream>>>(p);
+    launch_kernel<context_kernel<D, T, true>>(context_grid, dim3(kThreads), stream, p, per_block);
+    launch_kernel<input_grads_kernel<D, T>>(position_grid, dim3(kPositions), stream, p);
   }
   return last_launch_error();
 }
 
 const char* launch(const LinearAttentionParams& p, void* stream, bool backward) {
-  if (p.B == 0 || p.n == 0) return nullptr;
+  if (p.B == 0 || p.n == 0 || p.d == 0) return nullptr;  // an empty output: nothing to launch
   if (p.d > max_head_dim(p.dtype)) return "linear_attention: dim_head too large for the CUDA kernels";
   const char* error = nullptr;
   dispatch_dtype(p.dtype, [&]<typename T>() {

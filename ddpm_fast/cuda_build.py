@@ -1,0 +1,60 @@
+"""Where the CUDA toolkit is, and what ddpm_fast builds for: used by setup.py (which loads this
+file by path, before the package is installed) and by the CUDA emulation of the tests.
+Standard library only.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+# Architectures built when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible. "+PTX" also
+# embeds sm_90's PTX, which newer GPUs compile at load time; without it they find "no kernel
+# image is available for execution on the device".
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def _toolkit_of(nvcc):
+    """The root of the toolkit that `nvcc` really runs: nvcc reports its own bin directory in a
+    dry run, which sees through wrapper scripts and symlinks."""
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-E", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ _HERE_=(.+)$", out.stdout + out.stderr, re.MULTILINE)
+    return str(Path(match.group(1).strip()).parent) if match else None
+
+
+def find_cuda_toolkit(environ=None):
+    """The CUDA toolkit root to build with, or None: CUDA_HOME (or CUDA_PATH) when set, else the
+    toolkit of the nvcc on the PATH. Its bin/nvcc is both the nvcc whose version is checked and
+    the one that compiles."""
+    environ = os.environ if environ is None else environ
+    for name in ("CUDA_HOME", "CUDA_PATH"):
+        root = environ.get(name)
+        if root and (Path(root) / "bin" / "nvcc").exists():
+            return str(Path(root))
+    nvcc = shutil.which("nvcc", path=environ.get("PATH"))
+    return _toolkit_of(nvcc) if nvcc else None
+
+
+def nvcc_version(root):
+    """'13.0' for the toolkit at `root`, or None."""
+    try:
+        out = subprocess.run([str(Path(root) / "bin" / "nvcc"), "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def cuda_include_dir(root):
+    """The directory holding cuda_runtime.h in the toolkit at `root`, or None."""
+    root = Path(root)
+    for candidate in [root / "include", *sorted(root.glob("targets/*/include"))]:
+        if (candidate / "cuda_runtime.h").exists():
+            return str(candidate)
+    return None
