@@ -99,6 +99,9 @@ def cpu_op_choices():
     if not compiled_ops_loaded():
         return {op: f"reference (no compiled extension: {_LOAD_ERROR})" for op in OP_NAMES}
     choices = {op: "fused" for op in OP_NAMES + ("projected_linear_attention",)}
+    for op in ("linear_attention", "projected_linear_attention"):
+        choices[op] = (f"fused; reference when training on images of fewer than "
+                       f"{CPU_ATTENTION_BACKWARD_MIN_PIXELS} pixels (its backward is slower there)")
     choices["accelerate() layout"] = (
         "channels_last" if cpu_prefers_channels_last()
         else "NCHW (oneDNN's channels_last convolutions are slower at torch's baseline level)")
@@ -194,6 +197,8 @@ def linear_attention(qkv, heads, scale):
     qkv: (B, 3 * heads * dim_head, H, W) -> (B, heads * dim_head, H, W).
     """
     if _covered(qkv) and qkv.dim() == 4 and _head_dim_covered(qkv, heads):
+        if qkv.device.type == "cpu" and _cpu_attention_backward_is_slower(qkv):
+            return reference.linear_attention(qkv, heads, scale)
         return torch.ops.ddpm_fast.linear_attention(qkv, heads, scale)
     return reference.linear_attention(qkv, heads, scale)
 
@@ -208,8 +213,25 @@ def projected_linear_attention(x, w_qkv, heads, scale):
     (3 * heads * dim_head, C, 1, 1) -> (B, heads * dim_head, H, W), NCHW.
     """
     if _covered(x, w_qkv) and x.device.type == "cpu" and x.dim() == 4:
+        if _cpu_attention_backward_is_slower(x, w_qkv):
+            return reference.projected_linear_attention(x, w_qkv, heads, scale)
         return torch.ops.ddpm_fast.projected_linear_attention(x, w_qkv, heads, scale)
     return linear_attention(conv1x1(x, w_qkv), heads, scale)
+
+
+# Below this many pixels per image the CPU attention backward, small GEMMs per (sample, head),
+# loses to the reference's batched GEMMs: at 7x7 (the seed's innermost level) fused forward+
+# backward took 1.1-1.4x the reference's time at AVX2 and at AVX-512, while the forward was even
+# (scripts/seed_op_shapes.py at each level on the development machine's AMD EPYC). At 14x14
+# and up the fused kernels win. So training at such sizes runs the reference; inference keeps
+# the fused kernel, which is the faster one at small batches.
+CPU_ATTENTION_BACKWARD_MIN_PIXELS = 100
+
+
+def _cpu_attention_backward_is_slower(*tensors):
+    x = tensors[0]
+    return (x.shape[-2] * x.shape[-1] < CPU_ATTENTION_BACKWARD_MIN_PIXELS and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors))
 
 
 def conv1x1(x, weight, bias=None, channels_last_out=False):

@@ -17,6 +17,14 @@ def cpu_isa(request):
         return
     with ops.using_cpu_isa(request.param):
         yield request.param
+
+
+@pytest.fixture(autouse=True)
+def attention_kernels_at_every_size(monkeypatch):
+    """The tests' images are small; the CPU attention kernels must run there too, so the size
+    below which training takes the reference (ops.CPU_ATTENTION_BACKWARD_MIN_PIXELS) is 0 here."""
+    monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 0)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
 SCHEDULE = GaussianDiffusion(200, fused=False)
 
@@ -251,6 +259,27 @@ def test_linear_attention_bad_input():
         torch.ops.ddpm_fast.linear_attention(torch.randn(1, 24, 2, 2), 5, 1.0)
     with pytest.raises(RuntimeError, match=r"linear_attention: expected qkv of shape"):
         torch.ops.ddpm_fast.linear_attention(torch.randn(24, 2, 2), 2, 1.0)
+
+
+def test_cpu_attention_training_below_the_size_threshold_takes_the_reference(monkeypatch):
+    monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 100)
+    calls = []
+    for name in ("linear_attention", "projected_linear_attention"):
+        monkeypatch.setattr(reference, name, lambda *args, name=name: calls.append(name) or torch.zeros(()))
+    x, w_qkv = torch.randn(2, 8, 7, 7), torch.randn(24, 8, 1, 1)
+    qkv = torch.randn(2, 24, 7, 7)
+    ops.projected_linear_attention(x, w_qkv, 2, 0.5)  # inference: the kernel
+    ops.linear_attention(qkv, 2, 0.5)
+    assert calls == []
+    ops.projected_linear_attention(x, w_qkv.requires_grad_(), 2, 0.5)  # training at 7x7: reference
+    ops.linear_attention(qkv.requires_grad_(), 2, 0.5)
+    assert calls == ["projected_linear_attention", "linear_attention"]
+    with torch.no_grad():
+        ops.projected_linear_attention(x, w_qkv, 2, 0.5)
+    big = torch.randn(2, 8, 10, 10, requires_grad=True)  # training at 100 pixels: the kernel
+    assert ops.projected_linear_attention(big, w_qkv, 2, 0.5).shape == (2, 8, 10, 10)
+    assert len(calls) == 2
+    assert "fewer than 100 pixels" in ops.cpu_op_choices()["projected_linear_attention"]
 
 
 # ---------------------------------------------------------------- projected_linear_attention
