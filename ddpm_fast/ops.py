@@ -102,6 +102,8 @@ def cpu_op_choices():
     for op in ("linear_attention", "projected_linear_attention"):
         choices[op] = (f"fused; reference when training on images of fewer than "
                        f"{CPU_ATTENTION_BACKWARD_MIN_PIXELS} pixels (its backward is slower there)")
+    choices["projected_linear_attention"] += (
+        f"; a GEMM projection before the fused core below {CPU_PROJECTED_ATTENTION_MIN_PIXELS} pixels")
     choices["accelerate() layout"] = (
         "channels_last" if cpu_prefers_channels_last()
         else "NCHW (oneDNN's channels_last convolutions are slower at torch's baseline level)")
@@ -215,17 +217,22 @@ def projected_linear_attention(x, w_qkv, heads, scale):
     if _covered(x, w_qkv) and x.device.type == "cpu" and x.dim() == 4:
         if _cpu_attention_backward_is_slower(x, w_qkv):
             return reference.projected_linear_attention(x, w_qkv, heads, scale)
+        if x.shape[-2] * x.shape[-1] < CPU_PROJECTED_ATTENTION_MIN_PIXELS:
+            return linear_attention(conv1x1(x, w_qkv), heads, scale)
         return torch.ops.ddpm_fast.projected_linear_attention(x, w_qkv, heads, scale)
     return linear_attention(conv1x1(x, w_qkv), heads, scale)
 
 
-# Below this many pixels per image the CPU attention backward, small GEMMs per (sample, head),
-# loses to the reference's batched GEMMs: at 7x7 (the seed's innermost level) fused forward+
-# backward took 1.1-1.4x the reference's time at AVX2 and at AVX-512, while the forward was even
-# (scripts/seed_op_shapes.py at each level on the development machine's AMD EPYC). At 14x14
-# and up the fused kernels win. So training at such sizes runs the reference; inference keeps
-# the fused kernel, which is the faster one at small batches.
-CPU_ATTENTION_BACKWARD_MIN_PIXELS = 100
+# The CPU attention kernels against the reference at the seed U-Net's shapes, batch 64, on the
+# development machine's AMD EPYC at each level (scripts/seed_op_shapes.py):
+# - forward+backward: the fused backward, small GEMMs per (sample, head), loses to the
+#   reference's batched GEMMs below 16x16: 0.72-0.90x at 7x7 at AVX2 and AVX-512, and at 14x14
+#   0.91-1.02x with 56 channels at AVX2 and 0.81-0.87x at baseline x86-64 (1.1-1.2x with 28
+#   channels at AVX2/AVX-512). So training on such images runs the reference.
+# - forward: projecting inside the kernel pays off from 14x14 on (1.5-1.9x); at 7x7 it is
+#   0.94-0.98x, where a GEMM projection before the fused core is 1.05x.
+CPU_ATTENTION_BACKWARD_MIN_PIXELS = 256
+CPU_PROJECTED_ATTENTION_MIN_PIXELS = 100
 
 
 def _cpu_attention_backward_is_slower(*tensors):

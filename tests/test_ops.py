@@ -22,8 +22,9 @@ def cpu_isa(request):
 @pytest.fixture(autouse=True)
 def attention_kernels_at_every_size(monkeypatch):
     """The tests' images are small; the CPU attention kernels must run there too, so the size
-    below which training takes the reference (ops.CPU_ATTENTION_BACKWARD_MIN_PIXELS) is 0 here."""
+    below which ops.projected_linear_attention and ops.linear_attention take another path is 0 here."""
     monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 0)
+    monkeypatch.setattr(ops, "CPU_PROJECTED_ATTENTION_MIN_PIXELS", 0)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
 SCHEDULE = GaussianDiffusion(200, fused=False)
@@ -261,25 +262,34 @@ def test_linear_attention_bad_input():
         torch.ops.ddpm_fast.linear_attention(torch.randn(24, 2, 2), 2, 1.0)
 
 
-def test_cpu_attention_training_below_the_size_threshold_takes_the_reference(monkeypatch):
-    monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 100)
+def test_cpu_attention_picks_the_faster_path_by_image_size(monkeypatch):
+    monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 256)
+    monkeypatch.setattr(ops, "CPU_PROJECTED_ATTENTION_MIN_PIXELS", 100)
     calls = []
     for name in ("linear_attention", "projected_linear_attention"):
-        monkeypatch.setattr(reference, name, lambda *args, name=name: calls.append(name) or torch.zeros(()))
-    x, w_qkv = torch.randn(2, 8, 7, 7), torch.randn(24, 8, 1, 1)
-    qkv = torch.randn(2, 24, 7, 7)
-    ops.projected_linear_attention(x, w_qkv, 2, 0.5)  # inference: the kernel
-    ops.linear_attention(qkv, 2, 0.5)
-    assert calls == []
-    ops.projected_linear_attention(x, w_qkv.requires_grad_(), 2, 0.5)  # training at 7x7: reference
-    ops.linear_attention(qkv.requires_grad_(), 2, 0.5)
-    assert calls == ["projected_linear_attention", "linear_attention"]
+        monkeypatch.setattr(reference, name, lambda *args, name=name: calls.append(f"reference.{name}"))
+    conv1x1 = ops.conv1x1
+    monkeypatch.setattr(ops, "conv1x1", lambda *args: calls.append("conv1x1") or conv1x1(*args))
+
+    def path(size, training, projected=True):
+        calls.clear()
+        x = torch.randn(2, 8, size, size, requires_grad=training)
+        w_qkv = torch.randn(24, 8, 1, 1)
+        if projected:
+            ops.projected_linear_attention(x, w_qkv, 2, 0.5)
+        else:
+            ops.linear_attention(torch.randn(2, 24, size, size, requires_grad=training), 2, 0.5)
+        return calls or ["kernel"]
+
+    assert path(7, training=False) == ["conv1x1"]  # then the fused core
+    assert path(10, training=False) == ["kernel"]
+    assert path(15, training=True) == ["reference.projected_linear_attention"]
+    assert path(15, training=True, projected=False) == ["reference.linear_attention"]
+    assert path(16, training=True) == ["kernel"]
+    assert path(16, training=True, projected=False) == ["kernel"]
     with torch.no_grad():
-        ops.projected_linear_attention(x, w_qkv, 2, 0.5)
-    big = torch.randn(2, 8, 10, 10, requires_grad=True)  # training at 100 pixels: the kernel
-    assert ops.projected_linear_attention(big, w_qkv, 2, 0.5).shape == (2, 8, 10, 10)
-    assert len(calls) == 2
-    assert "fewer than 100 pixels" in ops.cpu_op_choices()["projected_linear_attention"]
+        assert path(7, training=True, projected=False) == ["kernel"]
+    assert "fewer than 256 pixels" in ops.cpu_op_choices()["projected_linear_attention"]
 
 
 # ---------------------------------------------------------------- projected_linear_attention
