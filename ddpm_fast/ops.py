@@ -67,8 +67,10 @@ def set_cpu_isa(level):
         raise RuntimeError(f"the compiled extension is not loaded: {_LOAD_ERROR}")
     if level not in ("avx512", "avx2", "default"):
         raise ValueError(f"level must be 'avx512', 'avx2' or 'default', got {level!r}")
+    global _cpu_level
     previous = _C.cpu_isa()
     _C.set_cpu_isa(level)
+    _cpu_level = level
     return previous
 
 
@@ -80,6 +82,11 @@ def using_cpu_isa(level):
         yield
     finally:
         set_cpu_isa(previous)
+
+
+# The level the CPU kernels run at, kept here too so that per-call choices read a Python value
+# (which torch.compile guards on) instead of calling into the extension.
+_cpu_level = cpu_isa()
 
 
 def cpu_prefers_channels_last():
@@ -102,6 +109,8 @@ def cpu_op_choices():
     for op in ("linear_attention", "projected_linear_attention"):
         choices[op] = (f"fused; reference when training on images of fewer than "
                        f"{CPU_ATTENTION_BACKWARD_MIN_PIXELS} pixels (its backward is slower there)")
+    if _cpu_level == "default":
+        choices["group_norm_act"] = "fused; reference with act='silu' (its SiLU is slower at this level)"
     choices["projected_linear_attention"] += (
         f"; a GEMM projection before the fused core below {CPU_PROJECTED_ATTENTION_MIN_PIXELS} pixels")
     choices["accelerate() layout"] = (
@@ -176,11 +185,19 @@ def group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act):
         # takes one dtype, and its statistics are accumulated in float32 either way.
         weight, bias, scale, shift = (p.to(x.dtype) if p is not None else None
                                       for p in (weight, bias, scale, shift))
-    if _covered(x, weight, bias, scale, shift) and x.dim() == 4:
+    if _covered(x, weight, bias, scale, shift) and x.dim() == 4 and not _cpu_silu_is_slower(x, act):
         return torch.ops.ddpm_fast.group_norm_act(
             x, num_groups, weight, bias, scale, shift, eps, act
         )[0]
     return reference.group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act)
+
+
+def _cpu_silu_is_slower(x, act):
+    # At baseline x86-64 (SSE2: 4 lanes, no FMA) the kernels' SiLU loses to torch's: the fused
+    # GroupNorm+SiLU forward ran 0.71-0.81x the reference at 32x64x28x28 (the benchmark's op
+    # group), where GELU (1.4x) and no activation (1.8x) win. The seed's ConvNeXt U-Net has no
+    # SiLU GroupNorm; ResNet-block U-Nets do.
+    return act == "silu" and x.device.type == "cpu" and _cpu_level == "default"
 
 
 # ---------------------------------------------------------------- linear_attention

@@ -19,12 +19,16 @@ def cpu_isa(request):
         yield request.param
 
 
+SILU_RULE = ops._cpu_silu_is_slower
+
+
 @pytest.fixture(autouse=True)
-def attention_kernels_at_every_size(monkeypatch):
-    """The tests' images are small; the CPU attention kernels must run there too, so the size
-    below which ops.projected_linear_attention and ops.linear_attention take another path is 0 here."""
+def kernels_wherever_they_run(monkeypatch):
+    """ops.* take the reference where a kernel is measured slower (small images for attention,
+    SiLU at the baseline level); the kernels must be right there too, so here they always run."""
     monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 0)
     monkeypatch.setattr(ops, "CPU_PROJECTED_ATTENTION_MIN_PIXELS", 0)
+    monkeypatch.setattr(ops, "_cpu_silu_is_slower", lambda x, act: False)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
 SCHEDULE = GaussianDiffusion(200, fused=False)
@@ -260,6 +264,17 @@ def test_linear_attention_bad_input():
         torch.ops.ddpm_fast.linear_attention(torch.randn(1, 24, 2, 2), 5, 1.0)
     with pytest.raises(RuntimeError, match=r"linear_attention: expected qkv of shape"):
         torch.ops.ddpm_fast.linear_attention(torch.randn(24, 2, 2), 2, 1.0)
+
+
+@pytest.mark.parametrize("act", ["none", "silu", "gelu"])
+def test_cpu_group_norm_silu_takes_the_reference_at_the_baseline_level(monkeypatch, cpu_isa, act):
+    calls = []
+    monkeypatch.setattr(reference, "group_norm_act", lambda *args: calls.append(args[-1]))
+    monkeypatch.setattr(ops, "_cpu_silu_is_slower", SILU_RULE)
+    x, weight, bias, scale, shift = gn_inputs(2, 8, 5, 5)
+    ops.group_norm_act(x, 4, weight, bias, scale, shift, 1e-5, act)
+    assert calls == (["silu"] if cpu_isa == "default" and act == "silu" else [])
+    assert ("reference with act='silu'" in ops.cpu_op_choices()["group_norm_act"]) == (cpu_isa == "default")
 
 
 def test_cpu_attention_picks_the_faster_path_by_image_size(monkeypatch):
