@@ -107,7 +107,9 @@ def cpu_op_choices():
         return {op: f"reference (no compiled extension: {_LOAD_ERROR})" for op in OP_NAMES}
     choices = {op: "fused" for op in OP_NAMES + ("projected_linear_attention",)}
     for op in ("linear_attention", "projected_linear_attention"):
-        choices[op] = (f"fused; reference when training on images of fewer than "
+        choices[op] = ("fused; reference when training (its backward is slower at this level)"
+                       if _cpu_level == "default" else
+                       f"fused; reference when training on images of fewer than "
                        f"{CPU_ATTENTION_BACKWARD_MIN_PIXELS} pixels (its backward is slower there)")
     if _cpu_level == "default":
         choices["group_norm_act"] = "fused; reference with act='silu' (its SiLU is slower at this level)"
@@ -245,7 +247,9 @@ def projected_linear_attention(x, w_qkv, heads, scale):
 # - forward+backward: the fused backward, small GEMMs per (sample, head), loses to the
 #   reference's batched GEMMs below 16x16: 0.72-0.90x at 7x7 at AVX2 and AVX-512, and at 14x14
 #   0.91-1.02x with 56 channels at AVX2 and 0.81-0.87x at baseline x86-64 (1.1-1.2x with 28
-#   channels at AVX2/AVX-512). So training on such images runs the reference.
+#   channels at AVX2/AVX-512). So training on such images runs the reference; at baseline
+#   x86-64 (SSE2) it does at every size: the core's forward+backward there ran 0.70-0.74x the
+#   reference at 16x384x28x28 (scripts/cpu_isa_table.py).
 # - forward: projecting inside the kernel pays off from 14x14 on (1.5-1.9x); at 7x7 it is
 #   0.94-0.98x, where a GEMM projection before the fused core is 1.05x.
 CPU_ATTENTION_BACKWARD_MIN_PIXELS = 256
@@ -254,8 +258,8 @@ CPU_PROJECTED_ATTENTION_MIN_PIXELS = 100
 
 def _cpu_attention_backward_is_slower(*tensors):
     x = tensors[0]
-    return (x.shape[-2] * x.shape[-1] < CPU_ATTENTION_BACKWARD_MIN_PIXELS and torch.is_grad_enabled()
-            and any(t.requires_grad for t in tensors))
+    slower_here = _cpu_level == "default" or x.shape[-2] * x.shape[-1] < CPU_ATTENTION_BACKWARD_MIN_PIXELS
+    return slower_here and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def conv1x1(x, weight, bias=None, channels_last_out=False):

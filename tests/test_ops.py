@@ -277,9 +277,10 @@ def test_cpu_group_norm_silu_takes_the_reference_at_the_baseline_level(monkeypat
     assert ("reference with act='silu'" in ops.cpu_op_choices()["group_norm_act"]) == (cpu_isa == "default")
 
 
-def test_cpu_attention_picks_the_faster_path_by_image_size(monkeypatch):
+def test_cpu_attention_picks_the_faster_path_by_image_size_and_level(monkeypatch):
     monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 256)
     monkeypatch.setattr(ops, "CPU_PROJECTED_ATTENTION_MIN_PIXELS", 100)
+    monkeypatch.setattr(ops, "_cpu_level", "avx2")
     calls = []
     for name in ("linear_attention", "projected_linear_attention"):
         monkeypatch.setattr(reference, name, lambda *args, name=name: calls.append(f"reference.{name}"))
@@ -305,6 +306,11 @@ def test_cpu_attention_picks_the_faster_path_by_image_size(monkeypatch):
     with torch.no_grad():
         assert path(7, training=True, projected=False) == ["kernel"]
     assert "fewer than 256 pixels" in ops.cpu_op_choices()["projected_linear_attention"]
+    monkeypatch.setattr(ops, "_cpu_level", "default")  # baseline x86-64: training never takes the kernel
+    assert path(16, training=True) == ["reference.projected_linear_attention"]
+    assert path(16, training=True, projected=False) == ["reference.linear_attention"]
+    assert path(16, training=False) == ["kernel"]
+    assert "reference when training (" in ops.cpu_op_choices()["linear_attention"]
 
 
 # ---------------------------------------------------------------- projected_linear_attention
