@@ -95,6 +95,13 @@ def plot_noising(diffusion, image, path, timesteps=(0, 50, 100, 150, 199), seed=
         array = to_uint8(xt)
         ax.imshow(array[..., 0] if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=255)
         ax.set(xticks=[], yticks=[], title=f"t = {t}")
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path):
+    """Lays out ``fig``, writes it to ``path`` (creating its folder) and frees it; returns the Path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,9 +142,4 @@ def plot_loss_curve(steps, losses, path, title="training loss"):
     ax.set(xlabel="optimizer step", ylabel="loss", title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
