@@ -125,7 +125,7 @@ inline void check_projected_linear_attention_args(const Tensor& x, const Tensor&
 // Every entry of the int64 CPU index tensor `t` (named `name`) lies in [0, n). CPU kernels only:
 // on a GPU this would be a host sync, so the CUDA kernels turn an out-of-range index into NaN.
 inline void check_range(const char* op, const char* name, const Tensor& t_in, int64_t n) {
-  const Tensor t = torch::stable::contiguous(t_in);
+  const Tensor t = as_contiguous(t_in);
   const int64_t* tp = t.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < t.numel(); ++i) {
     DDPM_CHECK(tp[i] >= 0 && tp[i] < n, op, ": ", name, "[", i, "]=", tp[i], " lies outside [0, ", n, ")");

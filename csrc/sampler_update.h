@@ -47,7 +47,7 @@ inline MemoryFormat sampler_update_format(const Tensor& x, const Tensor& eps,
 }
 
 inline std::optional<Tensor> in_format(const std::optional<Tensor>& t, MemoryFormat format) {
-  return t.has_value() ? std::optional<Tensor>(torch::stable::contiguous(*t, format)) : std::nullopt;
+  return t.has_value() ? std::optional<Tensor>(as_contiguous(*t, format)) : std::nullopt;
 }
 
 }  // namespace ddpm_fast

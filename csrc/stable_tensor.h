@@ -43,8 +43,8 @@ template <typename... Args>
 }
 
 // Throws RuntimeError(the message) unless cond holds.
-#define DDPM_CHECK(cond, ...)          \
-  do {                                 \
+#define DDPM_CHECK(cond, ...)                    \
+  do {                                           \
     if (!(cond)) ::ddpm_fast::fail(__VA_ARGS__); \
   } while (false)
 
@@ -106,6 +106,14 @@ inline bool is_channels_last_contiguous(const Tensor& t) {
     expected *= t.size(d);
   }
   return true;
+}
+
+// t itself when it is already dense in `format`, else a copy that is (torch::stable::contiguous,
+// which always goes through the dispatcher: a few microseconds that the per-step ops, called on
+// already-contiguous tensors, need not pay).
+inline Tensor as_contiguous(const Tensor& t, MemoryFormat format = MemoryFormat::Contiguous) {
+  const bool dense = format == MemoryFormat::ChannelsLast ? is_channels_last_contiguous(t) : t.is_contiguous();
+  return dense ? t : torch::stable::contiguous(t, format);
 }
 
 // A new uninitialised tensor with `like`'s device and the given sizes, dtype and memory format.

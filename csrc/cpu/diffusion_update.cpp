@@ -61,9 +61,9 @@ void per_sample_combination(const T* x, const T* y, const T* z, const T* a, cons
 template <typename Coefficients>
 Tensor combination_launch(Tensor x, Tensor y, std::optional<Tensor> z, const Coefficients& coefficients) {
   if (!shares_dense_layout(x, y) || (z.has_value() && !shares_dense_layout(x, *z))) {
-    x = torch::stable::contiguous(x);
-    y = torch::stable::contiguous(y);
-    if (z.has_value()) z = torch::stable::contiguous(*z);
+    x = as_contiguous(x);
+    y = as_contiguous(y);
+    if (z.has_value()) z = as_contiguous(*z);
   }
   Tensor out = torch::stable::empty_like(x);
   const int64_t batch = x.size(0);
@@ -83,7 +83,7 @@ Tensor q_sample_cpu(const Tensor& x_start, const Tensor& t_in, const Tensor& sqr
   check_same_layout("q_sample", x_start, noise, "x_start", "noise");
   check_timesteps("q_sample", x_start, t_in, {&sqrt_alphas_cumprod, &sqrt_one_minus_alphas_cumprod});
   check_range("q_sample", "t", t_in, sqrt_alphas_cumprod.numel());
-  const Tensor t = torch::stable::contiguous(t_in);
+  const Tensor t = as_contiguous(t_in);
   return combination_launch(x_start, noise, std::nullopt, [&]<typename T>(int64_t batch) {
     const int64_t* tp = t.const_data_ptr<int64_t>();
     return std::tuple{gather_table<T>(sqrt_alphas_cumprod, tp, batch),
@@ -99,7 +99,7 @@ Tensor p_sample_update_cpu(const Tensor& x, const Tensor& eps, const Tensor& t_i
   check_same_layout("p_sample_update", x, noise, "x", "noise");
   check_timesteps("p_sample_update", x, t_in, {&sqrt_recip_alphas, &eps_coef, &posterior_std});
   check_range("p_sample_update", "t", t_in, sqrt_recip_alphas.numel());
-  const Tensor t = torch::stable::contiguous(t_in);
+  const Tensor t = as_contiguous(t_in);
   return combination_launch(x, eps, noise, [&]<typename T>(int64_t batch) {
     const int64_t* tp = t.const_data_ptr<int64_t>();
     std::vector<T> m = gather_table<T>(sqrt_recip_alphas, tp, batch);

@@ -50,7 +50,7 @@ const T* ptr_or_null(const std::optional<Tensor>& t) {
 }
 
 std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
-  return t.has_value() ? std::optional<Tensor>(torch::stable::contiguous(*t)) : std::nullopt;
+  return t.has_value() ? std::optional<Tensor>(as_contiguous(*t)) : std::nullopt;
 }
 
 // ---- vectorised inner loops, inlined into the callers' dispatch_isa (isa.h)
@@ -189,7 +189,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act_cpu(
   check_group_norm_args(x_in, num_groups, weight_in, bias_in, scale_in, shift_in);
   const Act act = parse_act(act_name);
   const bool nhwc = is_channels_last_only(x_in);
-  const Tensor x = nhwc ? x_in : torch::stable::contiguous(x_in);
+  const Tensor x = nhwc ? x_in : as_contiguous(x_in);
   const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -372,8 +372,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_backward_cpu(
   const Act act = parse_act(act_name);
   const bool nhwc = is_channels_last_only(x_in);
   const auto format = nhwc ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
-  const Tensor x = torch::stable::contiguous(x_in, format), dy = torch::stable::contiguous(grad_y, format);
-  const Tensor mean = torch::stable::contiguous(mean_in), rstd = torch::stable::contiguous(rstd_in);
+  const Tensor x = as_contiguous(x_in, format), dy = as_contiguous(grad_y, format);
+  const Tensor mean = as_contiguous(mean_in), rstd = as_contiguous(rstd_in);
   const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);

@@ -189,7 +189,7 @@ DDPM_FAST_INLINE void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad,
 
 Tensor linear_attention_cpu(const Tensor& qkv_in, int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
-  const Tensor qkv = torch::stable::contiguous(qkv_in);
+  const Tensor qkv = as_contiguous(qkv_in);
   const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads), n = qkv.size(2) * qkv.size(3);
   Tensor out = empty({B, heads * d, qkv.size(2), qkv.size(3)}, qkv, qkv.scalar_type());
   if (out.numel() == 0) return torch::stable::zero_(out);
@@ -208,15 +208,15 @@ Tensor linear_attention_cpu(const Tensor& qkv_in, int64_t heads, double scale) {
 }
 
 Tensor linear_attention_backward_cpu(const Tensor& grad_out, const Tensor& qkv_in,
-                                         int64_t heads, double scale) {
+                                     int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
-  const Tensor qkv = torch::stable::contiguous(qkv_in);
+  const Tensor qkv = as_contiguous(qkv_in);
   const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads), n = qkv.size(2) * qkv.size(3);
   DDPM_CHECK(grad_out.numel() == B * heads * d * n, "linear_attention_backward: grad_out must have shape (",
               B, ", ", heads * d, ", ", qkv.size(2), ", ", qkv.size(3), "), got ", shape_string(grad_out.sizes()));
   Tensor grad_qkv = torch::stable::empty_like(qkv);
   if (qkv.numel() == 0) return grad_qkv;
-  const Tensor g = torch::stable::contiguous(grad_out);
+  const Tensor g = as_contiguous(grad_out);
   dispatch_floating(qkv.scalar_type(), "linear_attention_backward", [&]<typename T>() {
     T* base = const_cast<T*>(qkv.const_data_ptr<T>());
     T* grad_base = grad_qkv.mutable_data_ptr<T>();
@@ -290,10 +290,10 @@ struct ProjectedProblem {
   ProjectedProblem(const Tensor& x_in, const Tensor& w_qkv, int64_t heads) : heads(heads) {
     check_projected_linear_attention_args(x_in, w_qkv, heads);
     const bool channels_last = is_channels_last_only(x_in);
-    x = channels_last ? x_in : torch::stable::contiguous(x_in);
+    x = channels_last ? x_in : as_contiguous(x_in);
     B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), n = H * W;
     d = w_qkv.size(0) / (3 * heads);
-    w = torch::stable::contiguous(torch::stable::reshape(w_qkv, {w_qkv.size(0), C}));
+    w = as_contiguous(torch::stable::reshape(w_qkv, {w_qkv.size(0), C}));
     c_stride = channels_last ? 1 : n;
     j_stride = channels_last ? C : 1;
   }
@@ -335,7 +335,7 @@ struct ProjectedProblem {
 };
 
 Tensor projected_linear_attention_cpu(const Tensor& x_in, const Tensor& w_qkv, int64_t heads,
-                                          double scale) {
+                                      double scale) {
   const ProjectedProblem p(x_in, w_qkv, heads);
   Tensor out = empty({p.B, heads * p.d, p.H, p.W}, p.x, p.x.scalar_type());
   if (out.numel() == 0) return torch::stable::zero_(out);
@@ -356,7 +356,7 @@ Tensor projected_linear_attention_cpu(const Tensor& x_in, const Tensor& w_qkv, i
 // (B, 3 * heads * d, H, W), NCHW. grad_out may be NCHW or channels_last (as the to_out
 // GEMM's backward leaves it).
 Tensor projected_linear_attention_backward_cpu(const Tensor& grad_out, const Tensor& x_in,
-                                                   const Tensor& w_qkv, int64_t heads, double scale) {
+                                               const Tensor& w_qkv, int64_t heads, double scale) {
   const ProjectedProblem p(x_in, w_qkv, heads);
   const int64_t hidden = heads * p.d;
   DDPM_CHECK(grad_out.dim() == 4 && grad_out.size(0) == p.B && grad_out.size(1) == hidden &&
@@ -366,7 +366,7 @@ Tensor projected_linear_attention_backward_cpu(const Tensor& grad_out, const Ten
   DDPM_CHECK(grad_out.scalar_type() == p.x.scalar_type(), "projected_linear_attention_backward: grad_out must have "
               "x's dtype ", p.x.scalar_type(), ", got ", grad_out.scalar_type());
   const bool g_channels_last = is_channels_last_only(grad_out);
-  const Tensor g = g_channels_last ? grad_out : torch::stable::contiguous(grad_out);
+  const Tensor g = g_channels_last ? grad_out : as_contiguous(grad_out);
   Tensor grad_qkv = empty({p.B, 3 * hidden, p.H, p.W}, p.x, p.x.scalar_type());
   if (grad_qkv.numel() == 0) return grad_qkv;
   dispatch_floating(p.x.scalar_type(), "projected_linear_attention_backward", [&]<typename T>() {

@@ -58,7 +58,7 @@ void sampler_update_kernel(const T* x, const T* eps, const T* prev, const T* noi
 // has no index_select.
 template <typename T>
 std::vector<T> gather_rows(const Tensor& coefs, const Tensor& step_in, int64_t batch) {
-  const Tensor step = torch::stable::contiguous(step_in);
+  const Tensor step = as_contiguous(step_in);
   const int64_t* sp = step.const_data_ptr<int64_t>();
   const int64_t row_stride = coefs.stride(0), column_stride = coefs.stride(1);
   std::vector<T> rows(batch * kSamplerCoefficients);
@@ -79,7 +79,7 @@ std::tuple<Tensor, Tensor> sampler_update_cpu(const Tensor& x_in, const Tensor& 
   check_sampler_update_args(x_in, eps_in, prev_in, noise_in, step, coefs);
   check_range("sampler_update", "step", step, coefs.size(0));
   const auto format = sampler_update_format(x_in, eps_in, prev_in, noise_in);
-  const Tensor x = torch::stable::contiguous(x_in, format), eps = torch::stable::contiguous(eps_in, format);
+  const Tensor x = as_contiguous(x_in, format), eps = as_contiguous(eps_in, format);
   const auto prev = in_format(prev_in, format), noise = in_format(noise_in, format);
   Tensor out = empty(x.sizes(), x, x.scalar_type(), format);
   Tensor x0 = empty(x.sizes(), x, x.scalar_type(), format);

@@ -67,7 +67,7 @@ ScalarType acc_dtype(const Tensor& x) {
 
 // A schedule table in the kernels' accumulation type (fp64 stays fp64), kept alive in `keep`.
 const void* table_ptr(const Tensor& table, const Tensor& x, std::vector<Tensor>& keep) {
-  keep.push_back(st::contiguous(st::to(table, acc_dtype(x))));
+  keep.push_back(as_contiguous(st::to(table, acc_dtype(x))));
   return keep.back().const_data_ptr();
 }
 
@@ -78,13 +78,13 @@ Tensor per_sample_update(const char* op, bool p_sample, const Tensor& x_in, cons
   std::optional<Tensor> z;
   if (z_in) z = *z_in;
   if (!shares_dense_layout(x, y) || (z && !shares_dense_layout(x, *z))) {
-    x = st::contiguous(x);
-    y = st::contiguous(y);
-    if (z) z = st::contiguous(*z);
+    x = as_contiguous(x);
+    y = as_contiguous(y);
+    if (z) z = as_contiguous(*z);
   }
   Tensor out = st::empty_like(x);
   std::vector<Tensor> keep;
-  const Tensor tc = st::contiguous(t);
+  const Tensor tc = as_contiguous(t);
   cuda::PerSampleUpdateParams p{};
   p.x = x.const_data_ptr();
   p.y = y.const_data_ptr();
@@ -105,8 +105,8 @@ Tensor per_sample_update(const char* op, bool p_sample, const Tensor& x_in, cons
 }
 
 Tensor q_sample_cuda(const Tensor& x_start, const Tensor& t,
-                         const Tensor& sqrt_alphas_cumprod,
-                         const Tensor& sqrt_one_minus_alphas_cumprod, const Tensor& noise) {
+                     const Tensor& sqrt_alphas_cumprod,
+                     const Tensor& sqrt_one_minus_alphas_cumprod, const Tensor& noise) {
   check_same_layout("q_sample", x_start, noise, "x_start", "noise");
   check_timesteps("q_sample", x_start, t, {&sqrt_alphas_cumprod, &sqrt_one_minus_alphas_cumprod});
   return per_sample_update("q_sample", false, x_start, noise, nullptr, t,
@@ -114,8 +114,8 @@ Tensor q_sample_cuda(const Tensor& x_start, const Tensor& t,
 }
 
 Tensor p_sample_update_cuda(const Tensor& x, const Tensor& eps, const Tensor& t,
-                                const Tensor& sqrt_recip_alphas, const Tensor& eps_coef,
-                                const Tensor& posterior_std, const Tensor& noise) {
+                            const Tensor& sqrt_recip_alphas, const Tensor& eps_coef,
+                            const Tensor& posterior_std, const Tensor& noise) {
   check_same_layout("p_sample_update", x, eps, "x", "eps");
   check_same_layout("p_sample_update", x, noise, "x", "noise");
   check_timesteps("p_sample_update", x, t, {&sqrt_recip_alphas, &eps_coef, &posterior_std});
@@ -128,7 +128,7 @@ const void* ptr_or_null(const std::optional<Tensor>& t) {
 }
 
 std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
-  return t.has_value() ? std::optional<Tensor>(st::contiguous(*t)) : std::nullopt;
+  return t.has_value() ? std::optional<Tensor>(as_contiguous(*t)) : std::nullopt;
 }
 
 cuda::GroupNormActParams group_norm_params(const Tensor& x, int64_t num_groups,
@@ -160,7 +160,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act_cuda(
   check_group_norm_args(x_in, num_groups, weight_in, bias_in, scale_in, shift_in);
   const CudaDeviceGuard guard(x_in);
   const bool nhwc = is_channels_last_only(x_in);
-  const Tensor x = nhwc ? x_in : st::contiguous(x_in);
+  const Tensor x = nhwc ? x_in : as_contiguous(x_in);
   const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
   auto p = group_norm_params(x, num_groups, weight, bias, scale, shift, nhwc, act);
@@ -190,9 +190,9 @@ group_norm_act_backward_cuda(const Tensor& grad_y, const Tensor& x_in,
   const CudaDeviceGuard guard(x_in);
   const bool nhwc = is_channels_last_only(x_in);
   const auto format = nhwc ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
-  const Tensor x = st::contiguous(x_in, format), dy = st::contiguous(grad_y, format);
+  const Tensor x = as_contiguous(x_in, format), dy = as_contiguous(grad_y, format);
   const ScalarType stats = acc_dtype(x);
-  const Tensor mean = st::contiguous(st::to(mean_in, stats)), rstd = st::contiguous(st::to(rstd_in, stats));
+  const Tensor mean = as_contiguous(st::to(mean_in, stats)), rstd = as_contiguous(st::to(rstd_in, stats));
   const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
   auto p = group_norm_params(x, num_groups, weight, bias, scale, shift, nhwc, act);
@@ -245,7 +245,7 @@ cuda::LinearAttentionParams linear_attention_params(const Tensor& qkv, int64_t h
 Tensor linear_attention_cuda(const Tensor& qkv_in, int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
   const CudaDeviceGuard guard(qkv_in);
-  const Tensor qkv = st::contiguous(qkv_in);
+  const Tensor qkv = as_contiguous(qkv_in);
   std::vector<Tensor> keep;
   auto p = linear_attention_params(qkv, heads, scale, keep, false);
   Tensor out = empty({p.B, heads * p.d, qkv.size(2), qkv.size(3)}, qkv, qkv.scalar_type());
@@ -255,15 +255,15 @@ Tensor linear_attention_cuda(const Tensor& qkv_in, int64_t heads, double scale) 
 }
 
 Tensor linear_attention_backward_cuda(const Tensor& grad_out, const Tensor& qkv_in,
-                                          int64_t heads, double scale) {
+                                      int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
   const CudaDeviceGuard guard(qkv_in);
-  const Tensor qkv = st::contiguous(qkv_in);
+  const Tensor qkv = as_contiguous(qkv_in);
   std::vector<Tensor> keep;
   auto p = linear_attention_params(qkv, heads, scale, keep, true);
   DDPM_CHECK(grad_out.numel() == p.B * heads * p.d * p.n, "linear_attention_backward: grad_out must have shape (",
               p.B, ", ", heads * p.d, ", ", qkv.size(2), ", ", qkv.size(3), "), got ", shape_string(grad_out.sizes()));
-  const Tensor g = st::to(st::contiguous(grad_out), qkv.scalar_type());
+  const Tensor g = st::to(as_contiguous(grad_out), qkv.scalar_type());
   Tensor grad_qkv = st::empty_like(qkv);
   p.grad_out = g.const_data_ptr();
   p.grad_qkv = grad_qkv.mutable_data_ptr();
@@ -272,17 +272,17 @@ Tensor linear_attention_backward_cuda(const Tensor& grad_out, const Tensor& qkv_
 }
 
 std::tuple<Tensor, Tensor> sampler_update_cuda(const Tensor& x_in, const Tensor& eps_in,
-                                                       const std::optional<Tensor>& prev_in,
-                                                       const std::optional<Tensor>& noise_in,
-                                                       const Tensor& step_in, const Tensor& coefs_in) {
+                                               const std::optional<Tensor>& prev_in,
+                                               const std::optional<Tensor>& noise_in,
+                                               const Tensor& step_in, const Tensor& coefs_in) {
   check_sampler_update_args(x_in, eps_in, prev_in, noise_in, step_in, coefs_in);
   const CudaDeviceGuard guard(x_in);
   const auto format = sampler_update_format(x_in, eps_in, prev_in, noise_in);
-  const Tensor x = st::contiguous(x_in, format), eps = st::contiguous(eps_in, format);
+  const Tensor x = as_contiguous(x_in, format), eps = as_contiguous(eps_in, format);
   const auto prev = in_format(prev_in, format), noise = in_format(noise_in, format);
-  const Tensor step = st::contiguous(step_in);
+  const Tensor step = as_contiguous(step_in);
   // The kernel reads the table in its accumulation type, so fp64 samples keep fp64 coefficients.
-  const Tensor coefs = st::contiguous(st::to(coefs_in, acc_dtype(x)));
+  const Tensor coefs = as_contiguous(st::to(coefs_in, acc_dtype(x)));
   Tensor out = empty(x.sizes(), x, x.scalar_type(), format);
   Tensor x0 = empty(x.sizes(), x, x.scalar_type(), format);
   cuda::SamplerUpdateParams p{};
