@@ -39,6 +39,17 @@ def test_libraries_import_only_the_stable_c_shim_from_torch(library):
 
 
 @pytest.mark.skipif(not ops.compiled_ops_loaded(), reason="the compiled extension is not built")
+@pytest.mark.skipif(shutil.which("nm") is None, reason="nm (binutils) is not installed")
+def test_the_cpu_kernels_run_on_torchs_thread_pool():
+    # torch::stable::parallel_for calls torch_parallel_for, torch's at::parallel_for: the kernels
+    # need no OpenMP runtime of their own (and cannot fall back to one thread for lack of one).
+    library = importlib.util.find_spec("ddpm_fast._C").origin
+    out = subprocess.run(["nm", "-D", "--undefined-only", library], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\btorch_parallel_for\b", out)
+    assert not re.search(r"\b(GOMP|omp)_\w+", out), "the library calls an OpenMP runtime itself"
+
+
+@pytest.mark.skipif(not ops.compiled_ops_loaded(), reason="the compiled extension is not built")
 def test_the_python_module_is_abi3():
     # One library for every CPython >= 3.10: built with Py_LIMITED_API (setup.py).
     assert importlib.util.find_spec("ddpm_fast._C").origin.endswith(".abi3.so")
