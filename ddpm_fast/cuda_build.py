@@ -66,14 +66,15 @@ def cuda_include_dir(root):
 
 def find_cudart(root, site_packages):
     """The libcudart shared library to link the CUDA kernels against, or None: the toolkit's at
-    `root` (lib64/, targets/*/lib/), else the one torch's CUDA wheels install beside torch in
+    `root` (lib64/, lib/ as in conda's and the pip-installed toolkit's layout, targets/*/lib/), else the one torch's CUDA wheels install beside torch in
     `site_packages`: nvidia/cu13/lib/libcudart.so.13 (CUDA 13's nvidia-cuda-runtime package) or
     nvidia/cuda_runtime/lib/libcudart.so.12 (CUDA 12's). Those hold only the versioned file, so
     the path is given to the linker whole rather than as -lcudart."""
     candidates = []
     if root:
         root = Path(root)
-        candidates += [root / "lib64" / "libcudart.so", *sorted(root.glob("targets/*/lib/libcudart.so"))]
+        candidates += [root / "lib64" / "libcudart.so", root / "lib" / "libcudart.so",
+                       *sorted(root.glob("targets/*/lib/libcudart.so"))]
     if site_packages:
         candidates += sorted(Path(site_packages).glob("nvidia/*/lib/libcudart.so*"))
     for candidate in candidates:
