@@ -1,55 +1,58 @@
 // Input checks and layout helpers shared by the CPU and CUDA bindings: each check names the op,
 // the parameter and what was expected, so a bad call fails with a message a user can act on.
 #pragma once
-#include <ATen/ATen.h>
-
+#include <initializer_list>
+#include <optional>
 #include <string>
+#include <string_view>
+
+#include "stable_tensor.h"
 
 namespace ddpm_fast {
 
-inline void check_same_layout(const char* op, const at::Tensor& ref, const at::Tensor& other,
+inline void check_same_layout(const char* op, const Tensor& ref, const Tensor& other,
                               const char* ref_name, const char* name) {
-  TORCH_CHECK(other.sizes() == ref.sizes(), op, ": ", name, " must have the shape of ", ref_name,
-              " ", ref.sizes(), ", got ", other.sizes());
-  TORCH_CHECK(other.scalar_type() == ref.scalar_type(), op, ": ", name, " must have ", ref_name,
+  DDPM_CHECK(same_values(other.sizes(), ref.sizes()), op, ": ", name, " must have the shape of ", ref_name,
+              " ", shape_string(ref.sizes()), ", got ", shape_string(other.sizes()));
+  DDPM_CHECK(other.scalar_type() == ref.scalar_type(), op, ": ", name, " must have ", ref_name,
               "'s dtype ", ref.scalar_type(), ", got ", other.scalar_type());
-  TORCH_CHECK(other.device() == ref.device(), op, ": ", name, " must be on ", ref_name,
-              "'s device ", ref.device(), ", got ", other.device());
+  DDPM_CHECK(same_device(other, ref), op, ": ", name, " must be on ", ref_name,
+              "'s device ", device_string(ref), ", got ", device_string(other));
 }
 
 // Whether sample b of x owns the flat range [b * per_sample, (b + 1) * per_sample) of its
 // storage: x is dense and its batch dimension is the outermost, as in NCHW and channels_last
 // (a dense tensor with the batch transposed inward is not).
-inline bool is_batch_major_dense(const at::Tensor& x) {
-  if (!x.is_non_overlapping_and_dense()) return false;
+inline bool is_batch_major_dense(const Tensor& x) {
+  if (!is_non_overlapping_and_dense(x)) return false;
   return x.size(0) <= 1 || x.stride(0) * x.size(0) == x.numel();
 }
 
 // Whether the per-sample kernels may read x and `other` in place: both batch-major dense, with
 // the same layout, so that element i of one sample is element i of the other.
-inline bool shares_dense_layout(const at::Tensor& x, const at::Tensor& other) {
-  return other.strides() == x.strides() && is_batch_major_dense(x);
+inline bool shares_dense_layout(const Tensor& x, const Tensor& other) {
+  return same_values(other.strides(), x.strides()) && is_batch_major_dense(x);
 }
 
 // True when x is channels_last and not also plainly contiguous (C = 1 or H = W = 1 are both).
-inline bool is_channels_last_only(const at::Tensor& x) {
-  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+inline bool is_channels_last_only(const Tensor& x) {
+  return !x.is_contiguous() && is_channels_last_contiguous(x);
 }
 
-inline void check_timesteps(const char* op, const at::Tensor& x, const at::Tensor& t,
-                            std::initializer_list<const at::Tensor*> tables) {
-  TORCH_CHECK(x.dim() >= 1, op, ": expected a batched input, got a 0-D tensor");
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(0), op, ": t must have shape (",
-              x.size(0), ",), one timestep per sample, got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kLong, op, ": t must be int64, got ", t.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), op, ": t must be on ", x.device(), ", got ", t.device());
+inline void check_timesteps(const char* op, const Tensor& x, const Tensor& t,
+                            std::initializer_list<const Tensor*> tables) {
+  DDPM_CHECK(x.dim() >= 1, op, ": expected a batched input, got a 0-D tensor");
+  DDPM_CHECK(t.dim() == 1 && t.size(0) == x.size(0), op, ": t must have shape (",
+              x.size(0), ",), one timestep per sample, got ", shape_string(t.sizes()));
+  DDPM_CHECK(t.scalar_type() == ScalarType::Long, op, ": t must be int64, got ", t.scalar_type());
+  DDPM_CHECK(same_device(t, x), op, ": t must be on ", device_string(x), ", got ", device_string(t));
   const int64_t T = (*tables.begin())->numel();
-  for (const at::Tensor* table : tables) {
-    TORCH_CHECK(table->dim() == 1 && table->numel() == T, op,
-                ": schedule tables must all have shape (T,), got ", table->sizes());
-    TORCH_CHECK(table->device() == x.device(), op, ": schedule tables must be on ", x.device(),
-                ", got ", table->device());
-    TORCH_CHECK(table->scalar_type() == at::kFloat || table->scalar_type() == x.scalar_type(),
+  for (const Tensor* table : tables) {
+    DDPM_CHECK(table->dim() == 1 && table->numel() == T, op,
+                ": schedule tables must all have shape (T,), got ", shape_string(table->sizes()));
+    DDPM_CHECK(same_device(*table, x), op, ": schedule tables must be on ", device_string(x),
+                ", got ", device_string(*table));
+    DDPM_CHECK(table->scalar_type() == ScalarType::Float || table->scalar_type() == x.scalar_type(),
                 op, ": schedule tables must be float32 or ", x.scalar_type(), ", got ",
                 table->scalar_type());
   }
@@ -58,74 +61,74 @@ inline void check_timesteps(const char* op, const at::Tensor& x, const at::Tenso
 // Activation codes shared by every backend.
 enum class Act : int { kNone = 0, kSilu = 1, kGelu = 2 };
 
-inline Act parse_act(const std::string& act) {
+inline Act parse_act(std::string_view act) {
   if (act == "none") return Act::kNone;
   if (act == "silu") return Act::kSilu;
   if (act == "gelu") return Act::kGelu;
-  TORCH_CHECK(false, "group_norm_act: act must be 'none', 'silu' or 'gelu', got '", act, "'");
+  DDPM_CHECK(false, "group_norm_act: act must be 'none', 'silu' or 'gelu', got '", act, "'");
 }
 
-inline void check_group_norm_args(const at::Tensor& x, int64_t num_groups,
-                                  const c10::optional<at::Tensor>& weight,
-                                  const c10::optional<at::Tensor>& bias,
-                                  const c10::optional<at::Tensor>& scale,
-                                  const c10::optional<at::Tensor>& shift) {
-  TORCH_CHECK(x.dim() == 4, "group_norm_act: expected a 4-D NCHW input, got ", x.dim(), "-D");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+inline void check_group_norm_args(const Tensor& x, int64_t num_groups,
+                                  const std::optional<Tensor>& weight,
+                                  const std::optional<Tensor>& bias,
+                                  const std::optional<Tensor>& scale,
+                                  const std::optional<Tensor>& shift) {
+  DDPM_CHECK(x.dim() == 4, "group_norm_act: expected a 4-D NCHW input, got ", x.dim(), "-D");
+  DDPM_CHECK(is_floating(x.scalar_type()),
               "group_norm_act: x must be a floating-point tensor, got ", x.scalar_type());
   const int64_t C = x.size(1);
-  TORCH_CHECK(num_groups >= 1 && C % num_groups == 0, "group_norm_act: num_groups=", num_groups,
+  DDPM_CHECK(num_groups >= 1 && C % num_groups == 0, "group_norm_act: num_groups=", num_groups,
               " must divide the ", C, " channels");
   for (const auto* p : {&weight, &bias}) {
     if (p->has_value()) {
-      TORCH_CHECK((*p)->dim() == 1 && (*p)->size(0) == C,
+      DDPM_CHECK((*p)->dim() == 1 && (*p)->size(0) == C,
                   "group_norm_act: weight and bias must have shape (", C, ",), got ",
-                  (*p)->sizes());
-      TORCH_CHECK((*p)->scalar_type() == x.scalar_type() && (*p)->device() == x.device(),
+                  shape_string((*p)->sizes()));
+      DDPM_CHECK((*p)->scalar_type() == x.scalar_type() && same_device(**p, x),
                   "group_norm_act: weight and bias must match x's dtype and device");
     }
   }
   for (const auto* p : {&scale, &shift}) {
     if (p->has_value()) {
-      TORCH_CHECK((*p)->numel() == x.size(0) * C,
+      DDPM_CHECK((*p)->numel() == x.size(0) * C,
                   "group_norm_act: scale and shift must have shape (", x.size(0), ", ", C,
-                  "), got ", (*p)->sizes());
-      TORCH_CHECK((*p)->scalar_type() == x.scalar_type() && (*p)->device() == x.device(),
+                  "), got ", shape_string((*p)->sizes()));
+      DDPM_CHECK((*p)->scalar_type() == x.scalar_type() && same_device(**p, x),
                   "group_norm_act: scale and shift must match x's dtype and device");
     }
   }
 }
 
-inline void check_linear_attention_args(const at::Tensor& qkv, int64_t heads) {
-  TORCH_CHECK(qkv.dim() == 4, "linear_attention: expected qkv of shape (B, 3*heads*dim_head, H, W), got ",
+inline void check_linear_attention_args(const Tensor& qkv, int64_t heads) {
+  DDPM_CHECK(qkv.dim() == 4, "linear_attention: expected qkv of shape (B, 3*heads*dim_head, H, W), got ",
               qkv.dim(), "-D");
-  TORCH_CHECK(at::isFloatingType(qkv.scalar_type()),
+  DDPM_CHECK(is_floating(qkv.scalar_type()),
               "linear_attention: qkv must be a floating-point tensor, got ", qkv.scalar_type());
-  TORCH_CHECK(heads >= 1 && qkv.size(1) % (3 * heads) == 0, "linear_attention: heads=", heads,
+  DDPM_CHECK(heads >= 1 && qkv.size(1) % (3 * heads) == 0, "linear_attention: heads=", heads,
               " must divide qkv's ", qkv.size(1), " channels into 3*heads equal parts");
 }
 
-inline void check_projected_linear_attention_args(const at::Tensor& x, const at::Tensor& w_qkv, int64_t heads) {
-  TORCH_CHECK(x.dim() == 4, "projected_linear_attention: expected x of shape (B, C, H, W), got ", x.dim(), "-D");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+inline void check_projected_linear_attention_args(const Tensor& x, const Tensor& w_qkv, int64_t heads) {
+  DDPM_CHECK(x.dim() == 4, "projected_linear_attention: expected x of shape (B, C, H, W), got ", x.dim(), "-D");
+  DDPM_CHECK(is_floating(x.scalar_type()),
               "projected_linear_attention: x must be a floating-point tensor, got ", x.scalar_type());
-  TORCH_CHECK(w_qkv.scalar_type() == x.scalar_type(), "projected_linear_attention: w_qkv must have x's dtype ",
+  DDPM_CHECK(w_qkv.scalar_type() == x.scalar_type(), "projected_linear_attention: w_qkv must have x's dtype ",
               x.scalar_type(), ", got ", w_qkv.scalar_type());
   const bool one_by_one = w_qkv.dim() == 2 || (w_qkv.dim() == 4 && w_qkv.size(2) == 1 && w_qkv.size(3) == 1);
-  TORCH_CHECK(one_by_one && w_qkv.size(1) == x.size(1),
+  DDPM_CHECK(one_by_one && w_qkv.size(1) == x.size(1),
               "projected_linear_attention: expected w_qkv of shape (3*heads*dim_head, ", x.size(1),
-              ", 1, 1), got ", w_qkv.sizes());
-  TORCH_CHECK(heads >= 1 && w_qkv.size(0) % (3 * heads) == 0, "projected_linear_attention: heads=", heads,
+              ", 1, 1), got ", shape_string(w_qkv.sizes()));
+  DDPM_CHECK(heads >= 1 && w_qkv.size(0) % (3 * heads) == 0, "projected_linear_attention: heads=", heads,
               " must divide w_qkv's ", w_qkv.size(0), " output channels into 3*heads equal parts");
 }
 
 // Every entry of the int64 CPU index tensor `t` (named `name`) lies in [0, n). CPU kernels only:
 // on a GPU this would be a host sync, so the CUDA kernels turn an out-of-range index into NaN.
-inline void check_range(const char* op, const char* name, const at::Tensor& t_in, int64_t n) {
-  const at::Tensor t = t_in.contiguous();
-  const int64_t* tp = t.data_ptr<int64_t>();
+inline void check_range(const char* op, const char* name, const Tensor& t_in, int64_t n) {
+  const Tensor t = as_contiguous(t_in);
+  const int64_t* tp = t.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < t.numel(); ++i) {
-    TORCH_CHECK(tp[i] >= 0 && tp[i] < n, op, ": ", name, "[", i, "]=", tp[i], " lies outside [0, ", n, ")");
+    DDPM_CHECK(tp[i] >= 0 && tp[i] < n, op, ": ", name, "[", i, "]=", tp[i], " lies outside [0, ", n, ")");
   }
 }
 

@@ -2,11 +2,11 @@
 // CUDA emulation of the tests defines the same schemas in its own library, so that the real CUDA
 // binding runs there unchanged.
 #pragma once
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 namespace ddpm_fast {
 
-inline void define_op_schemas(torch::Library& m) {
+inline void define_op_schemas(torch::stable::detail::StableLibrary& m) {
   // x_t = sqrt_alphas_cumprod[t] * x_start + sqrt_one_minus_alphas_cumprod[t] * noise
   m.def(
       "q_sample(Tensor x_start, Tensor t, Tensor sqrt_alphas_cumprod, "

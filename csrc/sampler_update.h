@@ -1,7 +1,5 @@
 // sampler_update's argument checks and layout rule, shared by its CPU and CUDA bindings.
 #pragma once
-#include <ATen/ATen.h>
-
 #include "checks.h"
 
 namespace ddpm_fast {
@@ -10,26 +8,26 @@ namespace ddpm_fast {
 // x0 = c[4] x + c[5] eps (ddpm_fast/samplers.py, COEFFICIENTS).
 constexpr int64_t kSamplerCoefficients = 6;
 
-inline void check_sampler_update_args(const at::Tensor& x, const at::Tensor& eps,
-                                      const c10::optional<at::Tensor>& prev_x0,
-                                      const c10::optional<at::Tensor>& noise,
-                                      const at::Tensor& step, const at::Tensor& coefs) {
-  TORCH_CHECK(x.dim() >= 1, "sampler_update: expected a batched x of shape (B, ...), got a 0-D tensor");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+inline void check_sampler_update_args(const Tensor& x, const Tensor& eps,
+                                      const std::optional<Tensor>& prev_x0,
+                                      const std::optional<Tensor>& noise,
+                                      const Tensor& step, const Tensor& coefs) {
+  DDPM_CHECK(x.dim() >= 1, "sampler_update: expected a batched x of shape (B, ...), got a 0-D tensor");
+  DDPM_CHECK(is_floating(x.scalar_type()),
               "sampler_update: x must be a floating-point tensor, got ", x.scalar_type());
   check_same_layout("sampler_update", x, eps, "x", "eps");
   if (prev_x0.has_value()) check_same_layout("sampler_update", x, *prev_x0, "x", "prev_x0");
   if (noise.has_value()) check_same_layout("sampler_update", x, *noise, "x", "noise");
-  TORCH_CHECK(step.dim() == 1 && step.size(0) == x.size(0), "sampler_update: step must have shape (",
-              x.size(0), ",), one row of coefs per sample, got ", step.sizes());
-  TORCH_CHECK(step.scalar_type() == at::kLong, "sampler_update: step must be int64, got ", step.scalar_type());
-  TORCH_CHECK(step.device() == x.device(), "sampler_update: step must be on ", x.device(), ", got ",
-              step.device());
-  TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == kSamplerCoefficients,
-              "sampler_update: coefs must have shape (steps, 6), got ", coefs.sizes());
-  TORCH_CHECK(coefs.device() == x.device(), "sampler_update: coefs must be on ", x.device(), ", got ",
-              coefs.device());
-  TORCH_CHECK(coefs.scalar_type() == at::kFloat || coefs.scalar_type() == x.scalar_type(),
+  DDPM_CHECK(step.dim() == 1 && step.size(0) == x.size(0), "sampler_update: step must have shape (",
+              x.size(0), ",), one row of coefs per sample, got ", shape_string(step.sizes()));
+  DDPM_CHECK(step.scalar_type() == ScalarType::Long, "sampler_update: step must be int64, got ", step.scalar_type());
+  DDPM_CHECK(same_device(step, x), "sampler_update: step must be on ", device_string(x), ", got ",
+              device_string(step));
+  DDPM_CHECK(coefs.dim() == 2 && coefs.size(1) == kSamplerCoefficients,
+              "sampler_update: coefs must have shape (steps, 6), got ", shape_string(coefs.sizes()));
+  DDPM_CHECK(same_device(coefs, x), "sampler_update: coefs must be on ", device_string(x), ", got ",
+             device_string(coefs));
+  DDPM_CHECK(coefs.scalar_type() == ScalarType::Float || coefs.scalar_type() == x.scalar_type(),
               "sampler_update: coefs must be float32 or ", x.scalar_type(), ", got ", coefs.scalar_type());
 }
 
@@ -37,19 +35,19 @@ inline void check_sampler_update_args(const at::Tensor& x, const at::Tensor& eps
 // tensor. That holds for channels_last (batch outermost) when all inputs share x's strides, and
 // for contiguous tensors; anything else (views, mixed layouts, a dense tensor whose batch
 // dimension is not outermost) is copied to contiguous. ops.py's fake kernel follows this rule.
-inline at::MemoryFormat sampler_update_format(const at::Tensor& x, const at::Tensor& eps,
-                                              const c10::optional<at::Tensor>& prev_x0,
-                                              const c10::optional<at::Tensor>& noise) {
-  bool shared = eps.strides() == x.strides();
+inline MemoryFormat sampler_update_format(const Tensor& x, const Tensor& eps,
+                                              const std::optional<Tensor>& prev_x0,
+                                              const std::optional<Tensor>& noise) {
+  bool shared = same_values(eps.strides(), x.strides());
   for (const auto* other : {&prev_x0, &noise}) {
-    if (other->has_value()) shared = shared && (*other)->strides() == x.strides();
+    if (other->has_value()) shared = shared && same_values((*other)->strides(), x.strides());
   }
-  return x.dim() == 4 && shared && is_channels_last_only(x) ? at::MemoryFormat::ChannelsLast
-                                                             : at::MemoryFormat::Contiguous;
+  return x.dim() == 4 && shared && is_channels_last_only(x) ? MemoryFormat::ChannelsLast
+                                                             : MemoryFormat::Contiguous;
 }
 
-inline c10::optional<at::Tensor> in_format(const c10::optional<at::Tensor>& t, at::MemoryFormat format) {
-  return t.has_value() ? c10::optional<at::Tensor>(t->contiguous(format)) : c10::nullopt;
+inline std::optional<Tensor> in_format(const std::optional<Tensor>& t, MemoryFormat format) {
+  return t.has_value() ? std::optional<Tensor>(as_contiguous(*t, format)) : std::nullopt;
 }
 
 }  // namespace ddpm_fast

@@ -1,4 +1,4 @@
-"""Where the CUDA toolkit is, and what ddpm_fast builds for: used by setup.py (which loads this
+"""Where the CUDA toolkit is, and what ddpm_fast builds for and against: used by setup.py (which loads this
 file by path, before the package is installed) and by the CUDA emulation of the tests.
 Standard library only.
 """
@@ -13,6 +13,10 @@ from pathlib import Path
 # embeds sm_90's PTX, which newer GPUs compile at load time; without it they find "no kernel
 # image is available for execution on the device".
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+# The oldest torch whose stable ABI the compiled libraries use, 2.10.0, encoded as torch's
+# TORCH_ABI_VERSION is (major << 56 | minor << 48): passed as -DTORCH_TARGET_VERSION, it hides the
+# stable API of newer torch releases, so a library built against any torch >= 2.10 loads in 2.10.
+TORCH_TARGET_VERSION = "0x020a000000000000"
 
 
 def _toolkit_of(nvcc):
@@ -56,5 +60,24 @@ def cuda_include_dir(root):
     root = Path(root)
     for candidate in [root / "include", *sorted(root.glob("targets/*/include"))]:
         if (candidate / "cuda_runtime.h").exists():
+            return str(candidate)
+    return None
+
+
+def find_cudart(root, site_packages):
+    """The libcudart shared library to link the CUDA kernels against, or None: the toolkit's at
+    `root` (lib64/, lib/ as in conda's and the pip-installed toolkit's layout, targets/*/lib/), else the one torch's CUDA wheels install beside torch in
+    `site_packages`: nvidia/cu13/lib/libcudart.so.13 (CUDA 13's nvidia-cuda-runtime package) or
+    nvidia/cuda_runtime/lib/libcudart.so.12 (CUDA 12's). Those hold only the versioned file, so
+    the path is given to the linker whole rather than as -lcudart."""
+    candidates = []
+    if root:
+        root = Path(root)
+        candidates += [root / "lib64" / "libcudart.so", root / "lib" / "libcudart.so",
+                       *sorted(root.glob("targets/*/lib/libcudart.so"))]
+    if site_packages:
+        candidates += sorted(Path(site_packages).glob("nvidia/*/lib/libcudart.so*"))
+    for candidate in candidates:
+        if candidate.exists():
             return str(candidate)
     return None

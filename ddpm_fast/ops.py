@@ -8,27 +8,77 @@ dtype), so callers never need to check.
 """
 
 import contextlib
+import importlib.util
 import warnings
 
 import torch
 
 from . import reference
 
-_LOAD_ERROR = None
-try:
-    from . import _C  # importing the library runs its TORCH_LIBRARY registrations
-except (ImportError, OSError) as error:  # a missing or broken build must not break the package
-    _LOAD_ERROR = f"{type(error).__name__}: {error}"
+# The compiled libraries are built on torch's stable ABI for torch 2.10 and later (setup.py).
+MIN_TORCH = (2, 10)
+
+
+def _load_compiled_ops():
+    """Imports ddpm_fast._C (the schemas and CPU kernels); returns why it could not, or None."""
+    if torch.__version__ < MIN_TORCH:  # TorchVersion compares as a version, not as a string
+        return (f"torch {torch.__version__} is older than 2.10, the oldest torch the compiled ops are "
+                "built for (its stable ABI); upgrade torch to use them")
+    try:
+        from . import _C  # noqa: F401  (importing the library runs its STABLE_TORCH_LIBRARY registrations)
+    except (ImportError, OSError) as error:  # a missing or broken build must not break the package
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+_LOAD_ERROR = _load_compiled_ops()
+if _LOAD_ERROR is not None:
     warnings.warn(
         f"ddpm_fast: the compiled extension could not be loaded ({_LOAD_ERROR}); "
-        "using the pure-PyTorch reference ops. Reinstall with "
-        "'pip install --no-build-isolation .' to build it.",
+        "using the pure-PyTorch reference ops. Reinstall with 'pip install .' to build it.",
         RuntimeWarning,
         stacklevel=2,
     )
+else:
+    from . import _C
 
-if _LOAD_ERROR is None and _C.cpu_isa_problem:
-    warnings.warn(f"ddpm_fast: {_C.cpu_isa_problem}", RuntimeWarning, stacklevel=2)
+    if _C.cpu_isa_problem:
+        warnings.warn(f"ddpm_fast: {_C.cpu_isa_problem}", RuntimeWarning, stacklevel=2)
+
+
+def load_cuda_library(path):
+    """Loads the CUDA kernels' library at ``path`` into torch's dispatcher; returns why it could not
+    (the loader's message), or None. The CPU ops stay registered either way."""
+    try:
+        torch.ops.load_library(path)
+    except OSError as error:  # e.g. no libcudart, or a torch without the CUDA symbols it needs
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _load_cuda_kernels():
+    """ddpm_fast._cuda, the CUDA kernels, is a library of its own, loaded only when torch has CUDA,
+    so that a CPU-only machine never needs libcudart. Returns why the CUDA kernels are not loaded,
+    or None; warns (once, at import) when they should be there and are not."""
+    if _LOAD_ERROR is not None or torch.version.cuda is None:
+        return _LOAD_ERROR or "torch has no CUDA"
+    spec = importlib.util.find_spec("ddpm_fast._cuda")
+    if spec is None:
+        problem = ("ddpm_fast._cuda was not built: the build skips it when it finds no CUDA toolkit "
+                   "matching torch's CUDA, or no libcudart (see 'pip install -v .'; "
+                   "DDPM_FAST_REQUIRE_CUDA=1 makes that an error)")
+        if not torch.cuda.is_available():
+            return problem  # no GPU here: nothing is lost, nothing to warn about
+    else:
+        problem = load_cuda_library(spec.origin)
+        if problem is None:
+            return None
+    warnings.warn(f"ddpm_fast: the CUDA kernels are not loaded ({problem}); CUDA tensors run the "
+                  "pure-PyTorch reference ops, the CPU ops are unaffected.", RuntimeWarning, stacklevel=3)
+    return problem
+
+
+_CUDA_LOAD_ERROR = _load_cuda_kernels()
 
 OP_NAMES = ("q_sample", "p_sample_update", "group_norm_act", "linear_attention", "sampler_update")
 # dtypes each backend's kernels are written for; anything else runs the reference.
@@ -46,6 +96,11 @@ def compiled_ops_loaded():
 def load_error():
     """Why the compiled extension failed to load, or None."""
     return _LOAD_ERROR
+
+
+def cuda_load_error():
+    """Why the CUDA kernels (ddpm_fast._cuda) are not loaded, or None when they are."""
+    return _CUDA_LOAD_ERROR
 
 
 def cpu_isa():

@@ -22,7 +22,9 @@ for source in "${sources[@]}"; do
   done
 done
 
-# The binding is plain C++ against torch (no ATen/cuda header), so g++ checks it here too.
+# The binding is plain C++ against torch's stable ABI (no ATen/cuda header), so g++ checks it here
+# too, for the torch version the build targets.
+target=$(sed -n 's/^TORCH_TARGET_VERSION = "\(.*\)"$/\1/p' ddpm_fast/cuda_build.py)
 includes=$(python -c "
 import sysconfig
 from torch.utils.cpp_extension import include_paths
@@ -30,6 +32,6 @@ print(' '.join('-I' + p for p in include_paths() + [sysconfig.get_paths()['inclu
 for binding in csrc/cuda/*.cpp; do
   echo "g++ -fsyntax-only ${binding}"
   # shellcheck disable=SC2086
-  g++ -std=c++20 -fsyntax-only $includes "$binding"
+  g++ -std=c++20 -fsyntax-only -DTORCH_TARGET_VERSION="$target" $includes "$binding"
 done
 echo "check_cuda_compile: all CUDA sources compile"

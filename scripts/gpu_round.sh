@@ -42,7 +42,7 @@ echo "device $device, compute capability $capability, torch $(python -c 'import 
 
 # 1. Build for this GPU only; ptxas -v reports every kernel's resources into the build log.
 step build "${GPU_ROUND_BUILD_LIMIT:-420}" env TORCH_CUDA_ARCH_LIST="$capability" MAX_JOBS="${MAX_JOBS:-16}" \
-  NVCC_APPEND_FLAGS="-Xptxas=-v" pip install -v --no-build-isolation --no-deps -e .
+  DDPM_FAST_REQUIRE_CUDA=1 NVCC_APPEND_FLAGS="-Xptxas=-v" pip install -v --no-build-isolation --no-deps -e .
 if ! python -c "import ddpm_fast, sys; sys.exit('cuda' not in ddpm_fast.compiled_backends())"; then
   echo "gpu_round: the build has no CUDA kernels (compiled_backends() lacks 'cuda'): see build.log" | tee -a "$summary"
   exit 1

@@ -74,3 +74,21 @@ def test_a_gpu_without_the_cuda_kernels_fails_the_cuda_tests(tmp_path):
     assert result.returncode == 1, result.stdout[-2000:]
     assert "skipped" not in result.stdout.splitlines()[-1]
     assert "has no CUDA kernels" in result.stdout
+
+
+def test_libcudart_is_found_in_the_toolkit_or_beside_torch(tmp_path):
+    # torch's CUDA wheels bring libcudart in a package of their own (nvidia/cu13/lib for CUDA 13),
+    # holding only the versioned file; a toolkit has lib64/libcudart.so.
+    toolkit = fake_toolkit(tmp_path / "cuda")
+    site_packages = tmp_path / "site-packages"
+    runtime = site_packages / "nvidia" / "cu13" / "lib" / "libcudart.so.13"
+    runtime.parent.mkdir(parents=True)
+    runtime.write_text("")
+    assert cuda_build.find_cudart(toolkit, site_packages) == str(runtime)
+    (toolkit / "lib").mkdir()
+    (toolkit / "lib" / "libcudart.so").write_text("")
+    assert cuda_build.find_cudart(toolkit, site_packages) == str(toolkit / "lib" / "libcudart.so")
+    (toolkit / "lib64").mkdir()
+    (toolkit / "lib64" / "libcudart.so").write_text("")
+    assert cuda_build.find_cudart(toolkit, site_packages) == str(toolkit / "lib64" / "libcudart.so")
+    assert cuda_build.find_cudart(None, tmp_path / "empty") is None

@@ -48,11 +48,13 @@ def layouts(x):
 
 
 def test_kernels_are_built_to_run_in_parallel():
-    """at::parallel_for is an inline `omp parallel` under torch's OpenMP backend: built without
-    -fopenmp, every kernel silently runs on one thread."""
+    """The kernels' loops are torch::stable::parallel_for: torch's own intra-op thread pool, behind
+    the C shim (tests/test_stable_abi.py checks the library imports it). An inline `omp
+    parallel` compiled into the extension, as at::parallel_for was, ran on one thread unless
+    built with -fopenmp."""
     from ddpm_fast import _C
 
-    assert _C.intra_op_parallel, "ddpm_fast._C was built without OpenMP: its kernels run on one thread"
+    assert _C.intra_op_parallel, "ddpm_fast._C's kernels do not run on torch's intra-op thread pool"
 
 
 # ---------------------------------------------------------------- q_sample / p_sample_update

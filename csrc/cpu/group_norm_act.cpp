@@ -4,17 +4,20 @@
 // Notation: per sample n and group g, M = (C / G) * H * W elements; xhat = (x - mean) * rstd;
 // z = xhat * weight + bias; u = z * (1 + scale) + shift; y = act(u). Per (n, c) the whole
 // affine chain folds into y = act(a[n,c] * x + b[n,c]).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
 #include <numeric>
 #include <vector>
 
 #include "../checks.h"
 #include "../group_norm_grads.h"
 #include "activations.h"
+#include "dispatch.h"
 #include "isa.h"
 #include "vector_math.h"
 
@@ -42,12 +45,12 @@ struct Affine {
 };
 
 template <typename T>
-const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<T>() : nullptr;
+const T* ptr_or_null(const std::optional<Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
 }
 
-c10::optional<at::Tensor> contiguous_or_none(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
+std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
+  return t.has_value() ? std::optional<Tensor>(as_contiguous(*t)) : std::nullopt;
 }
 
 // ---- vectorised inner loops, inlined into the callers' dispatch_isa (isa.h)
@@ -110,7 +113,7 @@ template <typename T, Act A>
 void forward_nchw(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p, int64_t N,
                   int64_t G, int64_t HW, double eps) {
   const int64_t C = p.C, Cg = C / G, M = Cg * HW;
-  at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t n = i / G, g = i % G;
@@ -139,7 +142,7 @@ void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
                   int64_t G, int64_t HW, double eps) {
   const int64_t C = p.C, Cg = C / G, rows = sweep_rows(C), W = rows * C;
   const int64_t swept = HW / rows * rows * C;  // values covered by full sweeps
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> shift(W), s1(W), s2(W), a(W), b(W);
     dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
       for (int64_t n = begin; n < end; ++n) {
@@ -179,28 +182,27 @@ void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_cpu(
-    const at::Tensor& x_in, int64_t num_groups, const c10::optional<at::Tensor>& weight_in,
-    const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& scale_in,
-    const c10::optional<at::Tensor>& shift_in, double eps, c10::string_view act_name) {
+std::tuple<Tensor, Tensor, Tensor> group_norm_act_cpu(
+    const Tensor& x_in, int64_t num_groups, const std::optional<Tensor>& weight_in,
+    const std::optional<Tensor>& bias_in, const std::optional<Tensor>& scale_in,
+    const std::optional<Tensor>& shift_in, double eps, std::string_view act_name) {
   check_group_norm_args(x_in, num_groups, weight_in, bias_in, scale_in, shift_in);
-  const Act act = parse_act(std::string(act_name));
+  const Act act = parse_act(act_name);
   const bool nhwc = is_channels_last_only(x_in);
-  const at::Tensor x = nhwc ? x_in : x_in.contiguous();
+  const Tensor x = nhwc ? x_in : as_contiguous(x_in);
   const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  at::Tensor y = at::empty_like(x);
-  at::Tensor mean = at::empty({N, num_groups}, x.options());
-  at::Tensor rstd = at::empty({N, num_groups}, x.options());
-  if (x.numel() == 0) return {y, mean.fill_(0), rstd.fill_(0)};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_act", [&] {
-    using T = scalar_t;
+  Tensor y = torch::stable::empty_like(x);
+  Tensor mean = empty({N, num_groups}, x, x.scalar_type());
+  Tensor rstd = empty({N, num_groups}, x, x.scalar_type());
+  if (x.numel() == 0) return {y, torch::stable::fill_(mean, 0.0), torch::stable::fill_(rstd, 0.0)};
+  dispatch_floating(x.scalar_type(), "group_norm_act", [&]<typename T>() {
     const Affine<T> p{ptr_or_null<T>(weight), ptr_or_null<T>(bias), ptr_or_null<T>(scale),
                       ptr_or_null<T>(shift), C};
     dispatch_act(act, [&]<Act A>() {
-      (nhwc ? forward_nhwc<T, A> : forward_nchw<T, A>)(x.data_ptr<T>(), y.data_ptr<T>(),
-                                                      mean.data_ptr<T>(), rstd.data_ptr<T>(),
+      (nhwc ? forward_nhwc<T, A> : forward_nchw<T, A>)(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
+                                                      mean.mutable_data_ptr<T>(), rstd.mutable_data_ptr<T>(),
                                                       p, N, num_groups, HW, eps);
     });
   });
@@ -306,7 +308,7 @@ struct Backward {
 
   void run_nchw() const {
     const int64_t C = p.C;
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
         for (int64_t i = begin; i < end; ++i) {
           const int64_t n = i / C, c = i % C, g = c / Cg();
@@ -315,7 +317,7 @@ struct Backward {
         }
       });
     });
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> m1(G), m2(G);
       int64_t terms_of = -1;
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
@@ -334,7 +336,7 @@ struct Backward {
 
   void run_nhwc() const {
     const int64_t C = p.C;
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> m1(G), m2(G), cmean(C), crstd(C), ck(C), cub(C), cm1(C), cm2(C);
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
         for (int64_t n = begin; n < end; ++n) {
@@ -361,36 +363,31 @@ struct Backward {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-group_norm_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
-                            const at::Tensor& mean_in, const at::Tensor& rstd_in,
-                            int64_t num_groups, const c10::optional<at::Tensor>& weight_in,
-                            const c10::optional<at::Tensor>& bias_in,
-                            const c10::optional<at::Tensor>& scale_in,
-                            const c10::optional<at::Tensor>& shift_in,
-                            c10::string_view act_name) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_backward_cpu(
+    const Tensor& grad_y, const Tensor& x_in, const Tensor& mean_in, const Tensor& rstd_in,
+    int64_t num_groups, const std::optional<Tensor>& weight_in, const std::optional<Tensor>& bias_in,
+    const std::optional<Tensor>& scale_in, const std::optional<Tensor>& shift_in, std::string_view act_name) {
   check_group_norm_args(x_in, num_groups, weight_in, bias_in, scale_in, shift_in);
   check_same_layout("group_norm_act_backward", x_in, grad_y, "x", "grad_y");
-  const Act act = parse_act(std::string(act_name));
+  const Act act = parse_act(act_name);
   const bool nhwc = is_channels_last_only(x_in);
-  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor x = x_in.contiguous(format), dy = grad_y.contiguous(format);
-  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const auto format = nhwc ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
+  const Tensor x = as_contiguous(x_in, format), dy = as_contiguous(grad_y, format);
+  const Tensor mean = as_contiguous(mean_in), rstd = as_contiguous(rstd_in);
   const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  at::Tensor dx = at::empty_like(x);
-  at::Tensor sum_du = at::zeros({N, C}, x.options());
-  at::Tensor sum_du_xhat = at::zeros({N, C}, x.options());
+  Tensor dx = torch::stable::empty_like(x);
+  Tensor sum_du = zeros({N, C}, x, x.scalar_type());
+  Tensor sum_du_xhat = zeros({N, C}, x, x.scalar_type());
   if (x.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_act_backward", [&] {
-      using T = scalar_t;
+    dispatch_floating(x.scalar_type(), "group_norm_act_backward", [&]<typename T>() {
       const Affine<T> p{ptr_or_null<T>(weight), ptr_or_null<T>(bias), ptr_or_null<T>(scale),
                         ptr_or_null<T>(shift), C};
       dispatch_act(act, [&]<Act A>() {
-        const Backward<T, A> bw{dy.data_ptr<T>(), x.data_ptr<T>(), mean.data_ptr<T>(),
-                                rstd.data_ptr<T>(), p, N, num_groups, HW, dx.data_ptr<T>(),
-                                sum_du.data_ptr<T>(), sum_du_xhat.data_ptr<T>()};
+        const Backward<T, A> bw{dy.const_data_ptr<T>(), x.const_data_ptr<T>(), mean.const_data_ptr<T>(),
+                                rstd.const_data_ptr<T>(), p, N, num_groups, HW, dx.mutable_data_ptr<T>(),
+                                sum_du.mutable_data_ptr<T>(), sum_du_xhat.mutable_data_ptr<T>()};
         nhwc ? bw.run_nhwc() : bw.run_nchw();
       });
     });
@@ -402,9 +399,9 @@ group_norm_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
-  m.impl("group_norm_act", &group_norm_act_cpu);
-  m.impl("group_norm_act_backward", &group_norm_act_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
+  m.impl("group_norm_act", TORCH_BOX(&group_norm_act_cpu));
+  m.impl("group_norm_act_backward", TORCH_BOX(&group_norm_act_backward_cpu));
 }
 
 }  // namespace ddpm_fast

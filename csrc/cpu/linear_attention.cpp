@@ -9,9 +9,8 @@
 // to memory: batch-sized temporaries cost more in page faults than the arithmetic. Scratch
 // rows are padded to whole vectors with zeros (see small_gemm.h); v and grad_out are copied
 // in once per task, as rows and transposed.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <cmath>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "dispatch.h"
 #include "isa.h"
 #include "small_gemm.h"
 #include "vector_math.h"
@@ -187,17 +187,16 @@ DDPM_FAST_INLINE void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad,
   attend_backward<I, T>(in.q, in.k, in.ld, grad, s, d, n, scale);
 }
 
-at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double scale) {
+Tensor linear_attention_cpu(const Tensor& qkv_in, int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
-  const at::Tensor qkv = qkv_in.contiguous();
+  const Tensor qkv = as_contiguous(qkv_in);
   const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads), n = qkv.size(2) * qkv.size(3);
-  at::Tensor out = at::empty({B, heads * d, qkv.size(2), qkv.size(3)}, qkv.options());
-  if (out.numel() == 0) return out.zero_();
-  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention", [&] {
-    using T = scalar_t;
-    T* base = const_cast<T*>(qkv.data_ptr<T>());
-    T* out_base = out.data_ptr<T>();
-    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+  Tensor out = empty({B, heads * d, qkv.size(2), qkv.size(3)}, qkv, qkv.scalar_type());
+  if (out.numel() == 0) return torch::stable::zero_(out);
+  dispatch_floating(qkv.scalar_type(), "linear_attention", [&]<typename T>() {
+    T* base = const_cast<T*>(qkv.const_data_ptr<T>());
+    T* out_base = out.mutable_data_ptr<T>();
+    torch::stable::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
       Scratch<T> scratch(d, n, /*backward=*/false);
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
         for (int64_t i = begin; i < end; ++i)
@@ -208,22 +207,21 @@ at::Tensor linear_attention_cpu(const at::Tensor& qkv_in, int64_t heads, double 
   return out;
 }
 
-at::Tensor linear_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv_in,
-                                         int64_t heads, double scale) {
+Tensor linear_attention_backward_cpu(const Tensor& grad_out, const Tensor& qkv_in,
+                                     int64_t heads, double scale) {
   check_linear_attention_args(qkv_in, heads);
-  const at::Tensor qkv = qkv_in.contiguous();
+  const Tensor qkv = as_contiguous(qkv_in);
   const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads), n = qkv.size(2) * qkv.size(3);
-  TORCH_CHECK(grad_out.numel() == B * heads * d * n, "linear_attention_backward: grad_out must have shape (",
-              B, ", ", heads * d, ", ", qkv.size(2), ", ", qkv.size(3), "), got ", grad_out.sizes());
-  at::Tensor grad_qkv = at::empty_like(qkv);
+  DDPM_CHECK(grad_out.numel() == B * heads * d * n, "linear_attention_backward: grad_out must have shape (",
+              B, ", ", heads * d, ", ", qkv.size(2), ", ", qkv.size(3), "), got ", shape_string(grad_out.sizes()));
+  Tensor grad_qkv = torch::stable::empty_like(qkv);
   if (qkv.numel() == 0) return grad_qkv;
-  const at::Tensor g = grad_out.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention_backward", [&] {
-    using T = scalar_t;
-    T* base = const_cast<T*>(qkv.data_ptr<T>());
-    T* grad_base = grad_qkv.data_ptr<T>();
-    const T* g_base = g.data_ptr<T>();
-    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+  const Tensor g = as_contiguous(grad_out);
+  dispatch_floating(qkv.scalar_type(), "linear_attention_backward", [&]<typename T>() {
+    T* base = const_cast<T*>(qkv.const_data_ptr<T>());
+    T* grad_base = grad_qkv.mutable_data_ptr<T>();
+    const T* g_base = g.const_data_ptr<T>();
+    torch::stable::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
       Scratch<T> scratch(d, n, /*backward=*/true);
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
         for (int64_t i = begin; i < end; ++i)
@@ -286,16 +284,16 @@ DDPM_FAST_INLINE void project_and_attend_head_backward(const T* w, const T* w_v_
 // What the forward and backward share: x in a layout the kernel reads (channels_last or
 // contiguous NCHW), w_qkv as (3 * heads * d, C), and the sizes.
 struct ProjectedProblem {
-  at::Tensor x, w;
+  Tensor x, w;
   int64_t B, C, H, W, n, heads, d;
   int64_t c_stride, j_stride;  // element (c, j) of sample b at b * C * n + c * c_stride + j * j_stride
-  ProjectedProblem(const at::Tensor& x_in, const at::Tensor& w_qkv, int64_t heads) : heads(heads) {
+  ProjectedProblem(const Tensor& x_in, const Tensor& w_qkv, int64_t heads) : heads(heads) {
     check_projected_linear_attention_args(x_in, w_qkv, heads);
     const bool channels_last = is_channels_last_only(x_in);
-    x = channels_last ? x_in : x_in.contiguous();
+    x = channels_last ? x_in : as_contiguous(x_in);
     B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), n = H * W;
     d = w_qkv.size(0) / (3 * heads);
-    w = w_qkv.reshape({w_qkv.size(0), C}).contiguous();
+    w = as_contiguous(torch::stable::reshape(w_qkv, {w_qkv.size(0), C}));
     c_stride = channels_last ? 1 : n;
     j_stride = channels_last ? C : 1;
   }
@@ -305,8 +303,8 @@ struct ProjectedProblem {
   // consecutive tasks of one sample).
   template <typename T, typename Task>
   void for_each_head(bool backward, const Task& task) const {
-    const T* x_base = x.data_ptr<T>();
-    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+    const T* x_base = x.const_data_ptr<T>();
+    torch::stable::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
       Scratch<T> scratch(d, n, backward);
       std::vector<T> sample(C * scratch.ld, T(0)), qk(2 * d * scratch.ld, T(0));
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
@@ -327,7 +325,7 @@ struct ProjectedProblem {
   template <typename T>
   std::vector<T> v_weights_transposed() const {
     const int64_t ldd = padded_length<T>(d);
-    const T* w_base = w.data_ptr<T>();
+    const T* w_base = w.const_data_ptr<T>();
     std::vector<T> w_v_t(heads * C * ldd, T(0));
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t e = 0; e < d; ++e)
@@ -336,16 +334,15 @@ struct ProjectedProblem {
   }
 };
 
-at::Tensor projected_linear_attention_cpu(const at::Tensor& x_in, const at::Tensor& w_qkv, int64_t heads,
-                                          double scale) {
+Tensor projected_linear_attention_cpu(const Tensor& x_in, const Tensor& w_qkv, int64_t heads,
+                                      double scale) {
   const ProjectedProblem p(x_in, w_qkv, heads);
-  at::Tensor out = at::empty({p.B, heads * p.d, p.H, p.W}, p.x.options());
-  if (out.numel() == 0) return out.zero_();
-  AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "projected_linear_attention", [&] {
-    using T = scalar_t;
-    const T* w = p.w.data_ptr<T>();
+  Tensor out = empty({p.B, heads * p.d, p.H, p.W}, p.x, p.x.scalar_type());
+  if (out.numel() == 0) return torch::stable::zero_(out);
+  dispatch_floating(p.x.scalar_type(), "projected_linear_attention", [&]<typename T>() {
+    const T* w = p.w.const_data_ptr<T>();
     const std::vector<T> w_v_t = p.v_weights_transposed<T>();
-    T* out_base = out.data_ptr<T>();
+    T* out_base = out.mutable_data_ptr<T>();
     p.for_each_head<T>(false, [&]<CpuIsa I>(int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s)
                                    DDPM_FAST_ISA_LAMBDA {
       project_and_attend_head<I, T>(w, w_v_t.data(), sample, qk, out_base + i * p.d * p.n, s, heads, h, p.d, p.C,
@@ -358,26 +355,25 @@ at::Tensor projected_linear_attention_cpu(const at::Tensor& x_in, const at::Tens
 // Gradient of projected_linear_attention with respect to the qkv it never stored:
 // (B, 3 * heads * d, H, W), NCHW. grad_out may be NCHW or channels_last (as the to_out
 // GEMM's backward leaves it).
-at::Tensor projected_linear_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in,
-                                                   const at::Tensor& w_qkv, int64_t heads, double scale) {
+Tensor projected_linear_attention_backward_cpu(const Tensor& grad_out, const Tensor& x_in,
+                                               const Tensor& w_qkv, int64_t heads, double scale) {
   const ProjectedProblem p(x_in, w_qkv, heads);
   const int64_t hidden = heads * p.d;
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == p.B && grad_out.size(1) == hidden &&
+  DDPM_CHECK(grad_out.dim() == 4 && grad_out.size(0) == p.B && grad_out.size(1) == hidden &&
                   grad_out.size(2) == p.H && grad_out.size(3) == p.W,
               "projected_linear_attention_backward: grad_out must have shape (", p.B, ", ", hidden, ", ", p.H, ", ",
-              p.W, "), got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == p.x.scalar_type(), "projected_linear_attention_backward: grad_out must have "
+              p.W, "), got ", shape_string(grad_out.sizes()));
+  DDPM_CHECK(grad_out.scalar_type() == p.x.scalar_type(), "projected_linear_attention_backward: grad_out must have "
               "x's dtype ", p.x.scalar_type(), ", got ", grad_out.scalar_type());
   const bool g_channels_last = is_channels_last_only(grad_out);
-  const at::Tensor g = g_channels_last ? grad_out : grad_out.contiguous();
-  at::Tensor grad_qkv = at::empty({p.B, 3 * hidden, p.H, p.W}, p.x.options());
+  const Tensor g = g_channels_last ? grad_out : as_contiguous(grad_out);
+  Tensor grad_qkv = empty({p.B, 3 * hidden, p.H, p.W}, p.x, p.x.scalar_type());
   if (grad_qkv.numel() == 0) return grad_qkv;
-  AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "projected_linear_attention_backward", [&] {
-    using T = scalar_t;
-    const T* w = p.w.data_ptr<T>();
+  dispatch_floating(p.x.scalar_type(), "projected_linear_attention_backward", [&]<typename T>() {
+    const T* w = p.w.const_data_ptr<T>();
     const std::vector<T> w_v_t = p.v_weights_transposed<T>();
-    const T* g_base = g.data_ptr<T>();
-    T* grad_base = grad_qkv.data_ptr<T>();
+    const T* g_base = g.const_data_ptr<T>();
+    T* grad_base = grad_qkv.mutable_data_ptr<T>();
     const int64_t g_c = g_channels_last ? 1 : p.n, g_j = g_channels_last ? hidden : 1;
     p.for_each_head<T>(true, [&]<CpuIsa I>(int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s)
                                   DDPM_FAST_ISA_LAMBDA {
@@ -393,11 +389,11 @@ at::Tensor projected_linear_attention_backward_cpu(const at::Tensor& grad_out, c
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
-  m.impl("linear_attention", &linear_attention_cpu);
-  m.impl("linear_attention_backward", &linear_attention_backward_cpu);
-  m.impl("projected_linear_attention", &projected_linear_attention_cpu);
-  m.impl("projected_linear_attention_backward", &projected_linear_attention_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
+  m.impl("linear_attention", TORCH_BOX(&linear_attention_cpu));
+  m.impl("linear_attention_backward", TORCH_BOX(&linear_attention_backward_cpu));
+  m.impl("projected_linear_attention", TORCH_BOX(&projected_linear_attention_cpu));
+  m.impl("projected_linear_attention_backward", TORCH_BOX(&projected_linear_attention_backward_cpu));
 }
 
 }  // namespace ddpm_fast

@@ -3,11 +3,15 @@
 // of each input, one write of each output.
 // Parallelisation: flat chunks of the whole batch, each walking the samples it overlaps so the
 // inner loop is a plain combination with the sample's six coefficients held in registers.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
 
 #include "../sampler_update.h"
+#include "dispatch.h"
 #include "isa.h"
 #include "vector_math.h"
 
@@ -36,7 +40,7 @@ DDPM_FAST_INLINE void combine(const T* __restrict x, const T* __restrict eps,
 template <typename T, bool PREV, bool NOISE>
 void sampler_update_kernel(const T* x, const T* eps, const T* prev, const T* noise, const T* rows,
                            T* out, T* x0, int64_t batch, int64_t per_sample) {
-  at::parallel_for(0, batch * per_sample, 16384, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, batch * per_sample, 16384, [&](int64_t begin, int64_t end) {
     dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
       int64_t i = begin;
       while (i < end) {
@@ -50,28 +54,44 @@ void sampler_update_kernel(const T* x, const T* eps, const T* prev, const T* noi
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> sampler_update_cpu(const at::Tensor& x_in, const at::Tensor& eps_in,
-                                                      const c10::optional<at::Tensor>& prev_in,
-                                                      const c10::optional<at::Tensor>& noise_in,
-                                                      const at::Tensor& step, const at::Tensor& coefs) {
+// The (B, 6) coefficient rows of the batch, coefs[step[b]] in T: a plain loop, as the stable ABI
+// has no index_select.
+template <typename T>
+std::vector<T> gather_rows(const Tensor& coefs, const Tensor& step_in, int64_t batch) {
+  const Tensor step = as_contiguous(step_in);
+  const int64_t* sp = step.const_data_ptr<int64_t>();
+  const int64_t row_stride = coefs.stride(0), column_stride = coefs.stride(1);
+  std::vector<T> rows(batch * kSamplerCoefficients);
+  auto gather = [&](const auto* table) {
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t j = 0; j < kSamplerCoefficients; ++j)
+        rows[b * kSamplerCoefficients + j] = T(table[sp[b] * row_stride + j * column_stride]);
+  };
+  if (coefs.scalar_type() == ScalarType::Double) gather(coefs.const_data_ptr<double>());
+  else gather(coefs.const_data_ptr<float>());
+  return rows;
+}
+
+std::tuple<Tensor, Tensor> sampler_update_cpu(const Tensor& x_in, const Tensor& eps_in,
+                                              const std::optional<Tensor>& prev_in,
+                                              const std::optional<Tensor>& noise_in, const Tensor& step,
+                                              const Tensor& coefs) {
   check_sampler_update_args(x_in, eps_in, prev_in, noise_in, step, coefs);
   check_range("sampler_update", "step", step, coefs.size(0));
   const auto format = sampler_update_format(x_in, eps_in, prev_in, noise_in);
-  const at::Tensor x = x_in.contiguous(format), eps = eps_in.contiguous(format);
+  const Tensor x = as_contiguous(x_in, format), eps = as_contiguous(eps_in, format);
   const auto prev = in_format(prev_in, format), noise = in_format(noise_in, format);
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
-  at::Tensor x0 = at::empty(x.sizes(), x.options().memory_format(format));
+  Tensor out = empty(x.sizes(), x, x.scalar_type(), format);
+  Tensor x0 = empty(x.sizes(), x, x.scalar_type(), format);
   const int64_t batch = x.size(0);
   if (batch == 0 || x.numel() == 0) return {out, x0};
-  // The (B, 6) coefficient rows of the batch, in x's dtype.
-  const at::Tensor rows = coefs.index_select(0, step).to(x.scalar_type()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sampler_update", [&] {
-    using T = scalar_t;
-    const T* p = prev.has_value() ? prev->data_ptr<T>() : nullptr;
-    const T* z = noise.has_value() ? noise->data_ptr<T>() : nullptr;
+  dispatch_floating(x.scalar_type(), "sampler_update", [&]<typename T>() {
+    const std::vector<T> rows = gather_rows<T>(coefs, step, batch);
+    const T* p = prev.has_value() ? prev->const_data_ptr<T>() : nullptr;
+    const T* z = noise.has_value() ? noise->const_data_ptr<T>() : nullptr;
     auto run = [&](auto kernel) {
-      kernel(x.data_ptr<T>(), eps.data_ptr<T>(), p, z, rows.data_ptr<T>(), out.data_ptr<T>(),
-             x0.data_ptr<T>(), batch, x.numel() / batch);
+      kernel(x.const_data_ptr<T>(), eps.const_data_ptr<T>(), p, z, rows.data(), out.mutable_data_ptr<T>(),
+             x0.mutable_data_ptr<T>(), batch, x.numel() / batch);
     };
     if (p && z) run(sampler_update_kernel<T, true, true>);
     else if (p) run(sampler_update_kernel<T, true, false>);
@@ -83,8 +103,8 @@ std::tuple<at::Tensor, at::Tensor> sampler_update_cpu(const at::Tensor& x_in, co
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
-  m.impl("sampler_update", &sampler_update_cpu);
+STABLE_TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
+  m.impl("sampler_update", TORCH_BOX(&sampler_update_cpu));
 }
 
 }  // namespace ddpm_fast

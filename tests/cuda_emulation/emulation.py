@@ -32,18 +32,22 @@ def cuda_headers():
     return cuda_build.cuda_include_dir(root) if root else None
 
 
-def _kernel_units(directory):
-    """One C++ file per .cu source, including it unchanged (g++ takes no .cu file as C++)."""
+def _write_unit(path, text):
+    if not path.exists() or path.read_text() != text:  # unchanged units are not rebuilt
+        path.write_text(text)
+    return str(path)
+
+
+def _translation_units(directory):
+    """One C++ file per .cu source, including it unchanged (g++ takes no .cu file as C++), and one
+    for the binding, compiled for the torch version setup.py targets (TORCH_TARGET_VERSION, which
+    only this file may see: the emulation's own guarded_memory.cpp uses c10 beyond the stable ABI)."""
     directory.mkdir(parents=True, exist_ok=True)
-    units = []
     sources = sorted((ROOT / "csrc" / "cuda").glob("*.cu")) + [HERE / "broken_kernels.cu"]
-    for source in sources:
-        unit = directory / f"{source.stem}_unit.cpp"
-        text = f'#include "{source}"\n'
-        if not unit.exists() or unit.read_text() != text:
-            unit.write_text(text)
-        units.append(str(unit))
-    return units
+    units = [_write_unit(directory / f"{source.stem}_unit.cpp", f'#include "{source}"\n') for source in sources]
+    binding = ROOT / "csrc" / "cuda" / "bindings.cpp"
+    text = f'#define TORCH_TARGET_VERSION {cuda_build.TORCH_TARGET_VERSION}\n#include "{binding}"\n'
+    return units + [_write_unit(directory / "bindings_unit.cpp", text)]
 
 
 @functools.cache
@@ -59,7 +63,7 @@ def library():
     build_dir = Path(os.environ.get("DDPM_FAST_EMULATION_BUILD", Path.home() / ".cache" / "ddpm_fast" / "cuda_emulation"))
     build_dir.mkdir(parents=True, exist_ok=True)
     sources = [str(HERE / name) for name in ("runtime.cpp", "guarded_memory.cpp", "op_library.cpp")]
-    sources += [str(ROOT / "csrc" / "cuda" / "bindings.cpp")] + _kernel_units(build_dir / "units")
+    sources += _translation_units(build_dir / "units")
     cpp_extension.load(
         name="ddpm_fast_cuda_emulation",
         sources=sources,
