@@ -7,10 +7,16 @@ path and the reference are compared as a user of such a processor would see them
     python scripts/at_cpu_isa.py default -- python scripts/cpu_isa_table.py
 
 Levels: avx512, avx2, default (baseline x86-64: SSE4 for torch's libraries, SSE2 for ours).
+
+Each level also gets its own torch.compile cache (TORCHINDUCTOR_CACHE_DIR, unless set): with
+one cache shared between levels, the whole-U-Net fused+compile benchmark at AVX-512 aborted
+(SIGABRT) in code compiled by an earlier AVX2 run, twice; with a cache per level it passes.
 """
 
+import getpass
 import os
 import sys
+import tempfile
 
 ENVIRONMENTS = {
     "avx512": {"DDPM_FAST_CPU_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx512",
@@ -25,7 +31,9 @@ ENVIRONMENTS = {
 def main(argv):
     if len(argv) < 3 or argv[0] not in ENVIRONMENTS or argv[1] != "--":
         sys.exit(f"usage: python scripts/at_cpu_isa.py {{{','.join(ENVIRONMENTS)}}} -- COMMAND...")
-    os.execvpe(argv[2], argv[2:], {**os.environ, **ENVIRONMENTS[argv[0]]})
+    level = argv[0]
+    cache = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{level}")
+    os.execvpe(argv[2], argv[2:], {"TORCHINDUCTOR_CACHE_DIR": cache, **os.environ, **ENVIRONMENTS[level]})
 
 
 if __name__ == "__main__":
