@@ -142,18 +142,25 @@ def test_accelerated_unet_matches_reference_and_compiles_reduce_overhead():
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_graph_sampler_matches_eager_sampler():
+def assert_graph_sampler_matches_eager(batch_size, autocast_dtype=None):
+    """The graphed and eager sampling loops of the seed U-Net draw the same distribution,
+    optionally both under autocast."""
     torch.manual_seed(0)
     model = accelerate(Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).cuda().eval())
     diffusion = GaussianDiffusion(200).cuda()
     runs = {}
     for graph in (False, True):
         torch.manual_seed(1)
-        runs[graph] = diffusion.sample(model, 28, batch_size=256, channels=1, progress=False,
-                                       cuda_graph=graph, return_all_timesteps=False)
+        with torch.autocast("cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            runs[graph] = diffusion.sample(model, 28, batch_size=batch_size, channels=1, progress=False,
+                                           cuda_graph=graph, return_all_timesteps=False)
     eager, graphed = runs[False], runs[True]
     assert torch.isfinite(graphed).all()
     assert abs(graphed.mean() - eager.mean()) < 0.05 and abs(graphed.std() - eager.std()) < 0.05
+
+
+def test_graph_sampler_matches_eager_sampler():
+    assert_graph_sampler_matches_eager(256)
 
 
 @pytest.mark.parametrize("dtype", HALF)
@@ -181,18 +188,7 @@ def test_autocast_sampling_keeps_the_distribution(dtype):
 def test_graph_sampler_under_autocast(dtype):
     # Captured with autocast's cast cache off, as CUDA graphs require; the graphed and eager
     # loops then sample the same distribution.
-    torch.manual_seed(0)
-    model = accelerate(Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).cuda().eval())
-    diffusion = GaussianDiffusion(200).cuda()
-    runs = {}
-    for graph in (False, True):
-        torch.manual_seed(1)
-        with torch.autocast("cuda", dtype=dtype):
-            runs[graph] = diffusion.sample(model, 28, batch_size=128, channels=1, progress=False,
-                                           cuda_graph=graph, return_all_timesteps=False)
-    eager, graphed = runs[False], runs[True]
-    assert torch.isfinite(graphed).all()
-    assert abs(graphed.mean() - eager.mean()) < 0.05 and abs(graphed.std() - eager.std()) < 0.05
+    assert_graph_sampler_matches_eager(128, autocast_dtype=dtype)
 
 
 def sampler_update_args(dtype, optional):
