@@ -10,6 +10,7 @@ process started without it is a world of one: no process group, no communication
 import contextlib
 import dataclasses
 import datetime
+import gc
 import os
 
 import torch
@@ -96,6 +97,13 @@ def process_group(device, timeout_s=600.0):
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # DistributedDataParallel's constructor imports torch._dynamo. Imported for the first time
+    # while a process group exists, torch._dynamo keeps references to it (torch 2.13), so
+    # destroy_process_group() below no longer frees it: its gloo worker threads run on into the
+    # interpreter's shutdown, and one that then drops a tensor waits for the GIL and aborts the
+    # process ("terminate called without an active exception"). Imported first, it keeps none.
+    import torch._dynamo  # noqa: F401
+
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo",
         timeout=datetime.timedelta(seconds=timeout_s),
@@ -104,6 +112,11 @@ def process_group(device, timeout_s=600.0):
     try:
         yield DistContext(rank, local_rank, world_size, device)
     finally:
+        # destroy_process_group() frees the group only once nothing else holds it, and the run's
+        # DistributedDataParallel wrapper holds it until collected: the run's frames can sit in
+        # a reference cycle, which only the cycle collector frees (on rank 0, the traceback of
+        # an exception that pyparsing caught and kept while matplotlib drew the loss curve).
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -1,11 +1,13 @@
 """Training under torchrun on the CPU (gloo): 2 processes against 1, a DDP checkpoint in a
-single-process `sample`, a rank that dies, and how the data are dealt to the ranks."""
+single-process `sample`, a rank that dies, a run that leaves its process group for good, and how
+the data are dealt to the ranks."""
 
 import os
 import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,20 +142,49 @@ def _compare_drifted_weights(rank, port):
         check_same_on_all_ranks(ctx, weights, "the EMA weights")
 
 
-def test_ranks_that_drifted_apart_refuse_to_checkpoint():
-    # (Ranks that agree pass this check before every checkpoint of the torchrun runs above.)
+def _free_port():
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    job = mp.start_processes(_compare_drifted_weights, args=(port,), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 120
+        return s.getsockname()[1]
+
+
+def _run_two_ranks(fn, *args, timeout=120):
+    """Run ``fn(rank, *args)`` in 2 spawned processes; re-raise the first rank's exception."""
+    job = mp.start_processes(fn, args=args, nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
     try:
-        with pytest.raises(mp.ProcessRaisedException,
-                           match=r"the EMA weights differ between rank 0 and rank\(s\) \[1\]"):
-            while not job.join(timeout=1):
-                assert time.monotonic() < deadline, "the 2-process job hung"
+        while not job.join(timeout=1):
+            assert time.monotonic() < deadline, "the 2-process job hung"
     finally:
         for process in job.processes:
             if process.is_alive():
                 process.kill()
+
+
+def _gloo_threads():
+    return [name for name in (Path(f"/proc/self/task/{t}/comm").read_text().strip()
+                              for t in os.listdir("/proc/self/task")) if "gloo" in name]
+
+
+def _train_then_count_gloo_threads(rank, port, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    train(TrainConfig(image_size=8, dim=8, dim_mults=(1, 2), timesteps=10, device="cpu",
+                      batch_size=8, steps=2, log_every=1, save_and_sample_every=2, num_samples=4,
+                      out_dir=out_dir), progress=False)
+    # A process group that outlives its run keeps gloo's worker threads running into the
+    # interpreter's shutdown, where one that drops the last reference to a tensor waits for
+    # the GIL and aborts the process ("terminate called without an active exception").
+    assert _gloo_threads() == [], f"rank {rank}: the process group outlived the run"
+
+
+@linux_only
+def test_a_distributed_run_leaves_no_gloo_thread_behind(tmp_path):
+    _run_two_ranks(_train_then_count_gloo_threads, _free_port(), str(tmp_path))
+
+
+def test_ranks_that_drifted_apart_refuse_to_checkpoint():
+    # (Ranks that agree pass this check before every checkpoint of the torchrun runs above.)
+    with pytest.raises(mp.ProcessRaisedException,
+                       match=r"the EMA weights differ between rank 0 and rank\(s\) \[1\]"):
+        _run_two_ranks(_compare_drifted_weights, _free_port())
