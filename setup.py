@@ -3,7 +3,7 @@
 
 - ddpm_fast._C: the op schemas and the CPU kernels, always;
 - ddpm_fast._cuda: the CUDA kernels, when torch has CUDA and a CUDA toolkit of the same major
-  version is found. ddpm_fast/ops.py loads it only when the running torch has CUDA.
+  version is found. ddpm_fast/ops/loading.py loads it only when the running torch has CUDA.
 
 The CUDA part never fails the install: when it cannot be built or linked, the build says why and
 installs the CPU ops; DDPM_FAST_REQUIRE_CUDA=1 makes that an error.
@@ -21,8 +21,8 @@ REQUIRE_CUDA = os.environ.get("DDPM_FAST_REQUIRE_CUDA") == "1"
 
 
 def load_cuda_build():
-    """ddpm_fast/cuda_build.py, loaded by path: the package itself is not importable yet."""
-    spec = importlib.util.spec_from_file_location("cuda_build", os.path.join(HERE, "ddpm_fast", "cuda_build.py"))
+    """tools/cuda_build.py, loaded by path: build-time code, not part of the installed package."""
+    spec = importlib.util.spec_from_file_location("cuda_build", os.path.join(HERE, "tools", "cuda_build.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

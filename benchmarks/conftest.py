@@ -13,7 +13,7 @@ from report import markdown  # noqa: E402
 from workloads import BUILDERS, synchronize  # noqa: E402
 
 from ddpm_fast import ops  # noqa: E402
-from ddpm_fast.cpu_report import processor_name  # noqa: E402
+from ddpm_fast.ops.cpu_report import processor_name  # noqa: E402
 
 RESULTS = []  # rows for the closing table, filled by the benchmarks
 

@@ -10,8 +10,10 @@ import dataclasses
 
 import torch
 
-from ddpm_fast import GaussianDiffusion, Unet, ops, reference
-from ddpm_fast.fused import accelerate
+from ddpm_fast import GaussianDiffusion, Unet, ops
+from ddpm_fast.diffusion import DDPMSampler
+from ddpm_fast.ops import reference
+from ddpm_fast.model import accelerate
 
 SEED_CONFIG = dict(dim=28, channels=1, dim_mults=(1, 2, 4))
 FULL_STEPS = 200
@@ -160,14 +162,15 @@ def op_q_sample(device):
                         extra=dict(elements=x.numel()))
 
 
-def op_p_sample(device):
+def op_sampler_update(device):
+    """One DDPM step of the sampling loop (x, eps and noise in, x_next and x0 out)."""
     n = 1 << 24 if device.type == "cuda" else 1 << 21
     x = torch.randn(n // 784, 1, 28, 28, device=device)
-    d = GaussianDiffusion().to(device)
-    t = torch.randint(0, FULL_STEPS, (x.shape[0],), device=device)
-    args = (x, torch.randn_like(x), t, d.sqrt_recip_alphas, d.eps_coef, d.posterior_std, torch.randn_like(x))
-    return _op_workload("op-p_sample", reference.p_sample_update, ops.p_sample_update, args,
-                        4 * x.numel() * 4, extra=dict(elements=x.numel()))
+    ddpm = DDPMSampler().set_schedule(GaussianDiffusion().alphas_cumprod64)
+    step = torch.randint(0, FULL_STEPS, (x.shape[0],), device=device)
+    args = (x, torch.randn_like(x), None, torch.randn_like(x), step, ddpm.tables(device))
+    return _op_workload("op-sampler_update", reference.sampler_update, ops.sampler_update, args,
+                        5 * x.numel() * 4, extra=dict(elements=x.numel()))
 
 
 def op_group_norm_act(device, backward):
@@ -210,7 +213,7 @@ BUILDERS = {
     "sampling-loop-b1": lambda d: sampling_loop(d, 1),
     "train-step-b128": lambda d: train_step(d, 128),
     "op-q_sample": op_q_sample,
-    "op-p_sample": op_p_sample,
+    "op-sampler_update": op_sampler_update,
     "op-group_norm_act-fwd": lambda d: op_group_norm_act(d, False),
     "op-group_norm_act-fwdbwd": lambda d: op_group_norm_act(d, True),
     "op-linear_attention-fwd": lambda d: op_linear_attention(d, False),

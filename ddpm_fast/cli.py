@@ -10,15 +10,13 @@ from pathlib import Path
 import torch
 
 from .data import DATASETS, DataError, load_dataset
-from .diffusion import LOSS_TYPES, GaussianDiffusion
-from .distributed import env_rank
-from .precision import PRECISIONS
-from .record import METRICS_NAME
-from .samplers import DEFAULT_TIMESTEP_SPACING, SAMPLERS, TIMESTEP_SPACINGS
-from .schedules import BETA_SCHEDULES
-from .train import (LOSS_CURVE_NAME, TrainConfig, load_checkpoint, model_from_checkpoint,
-                    pick_device, train)
-from .viz import plot_noising, save_denoising_gif, save_grid
+from .diffusion import (BETA_SCHEDULES, DEFAULT_TIMESTEP_SPACING, LOSS_TYPES, SAMPLERS, TIMESTEP_SPACINGS,
+                        GaussianDiffusion, make_sampler)
+from .train import LOSS_CURVE_NAME, TrainConfig, load_checkpoint, model_from_checkpoint, pick_device, train
+from .train.distributed import env_rank
+from .train.precision import PRECISIONS
+from .train.record import METRICS_NAME
+from .evaluate.pictures import plot_noising, save_denoising_gif, save_grid
 
 
 def _dim_mults(text):
@@ -151,21 +149,22 @@ def _load_model(args):
     checkpoint = load_checkpoint(args.checkpoint, device)
     model, diffusion, image_size = model_from_checkpoint(checkpoint, device, use_ema=not args.no_ema)
     if not args.no_accelerate:
-        from .fused import accelerate
+        from .model import accelerate
 
         accelerate(model)
     return model, diffusion, image_size, checkpoint
 
 
-def _sampler_kwargs(args):
-    return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, timestep_spacing=args.timestep_spacing)
+def _sampler(args):
+    """The sampler object the sampling flags describe."""
+    return make_sampler(args.sampler, steps=args.steps, eta=args.eta, timestep_spacing=args.timestep_spacing)
 
 
 def _sample(args):
     model, diffusion, image_size, _ = _load_model(args)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     return diffusion.sample(model, image_size, batch_size=args.num, channels=model.channels,
-                            generator=generator, **_sampler_kwargs(args))
+                            generator=generator, sampler=_sampler(args))
 
 
 def _gif_stride(steps):
@@ -226,7 +225,7 @@ def _add_evaluate(sub):
 
 
 def _run_evaluate(args):
-    from .metrics import QualityMeasure, evaluate
+    from .evaluate import QualityMeasure, evaluate
 
     if args.num is not None and args.num < 2:
         raise ValueError(f"--num must be at least 2 to fit a covariance, got {args.num}")
@@ -234,8 +233,8 @@ def _run_evaluate(args):
         raise ValueError(f"--repeats and --batch-size must be positive, got {args.repeats} and {args.batch_size}")
     model, diffusion, image_size, checkpoint = _load_model(args)
     measure = QualityMeasure(checkpoint["config"]["dataset"], image_size, args.data_dir)
-    result, _ = evaluate(model, diffusion, measure, num=args.num, batch_size=args.batch_size,
-                         seeds=range(args.seed, args.seed + args.repeats), **_sampler_kwargs(args))
+    result, _ = evaluate(model, diffusion, measure, _sampler(args), num=args.num, batch_size=args.batch_size,
+                         seeds=range(args.seed, args.seed + args.repeats))
     result["checkpoint"] = str(args.checkpoint)
     spread = f" ± {result['fd_std']:.3f} over {args.repeats} seeds" if args.repeats > 1 else ""
     print(f"FD {result['fd_mean']:.3f}{spread} ({result['sampler']}, {result['steps']} steps, "

@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from ddpm_fast import GaussianDiffusion, Unet, ops
-from ddpm_fast.cpu_report import processor_name
-from ddpm_fast.fused import accelerate
+from ddpm_fast.ops.cpu_report import processor_name
+from ddpm_fast.model import accelerate
 
 IMPLS = ("reference", "compile", "fused", "fused+compile")
 

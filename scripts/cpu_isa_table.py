@@ -18,9 +18,10 @@ import time
 import torch
 
 import ddpm_fast
-from ddpm_fast import GaussianDiffusion, Unet, ops, reference
-from ddpm_fast.cpu_report import processor_name
-from ddpm_fast.fused import accelerate
+from ddpm_fast import GaussianDiffusion, Unet, ops
+from ddpm_fast.ops import reference
+from ddpm_fast.ops.cpu_report import processor_name
+from ddpm_fast.model import accelerate
 
 
 def train_step_row(config, image, batch):

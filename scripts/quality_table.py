@@ -4,7 +4,7 @@
         --baseline results/digits-10/checkpoint.pt --readme README.md
 
 Each row samples the images of ``--num`` (default: half the real data set) once per seed, scores
-them with :mod:`ddpm_fast.metrics` and times each batch of ``--batch-size`` images (the
+them with :mod:`ddpm_fast.evaluate` and times each batch of ``--batch-size`` images (the
 accelerated model, fused sampler steps). Writes ``<out>/quality.json`` and one sample grid per
 row (``<out>/<row>.png``); with ``--readme``, replaces the tables between the markers there.
 The second table, the timestep-spacing comparison, is what chose the default spacing.
@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from ddpm_fast import ops
-from ddpm_fast.cpu_report import processor_name
-from ddpm_fast.fused import accelerate
-from ddpm_fast.metrics import QualityMeasure, evaluate
-from ddpm_fast.samplers import DEFAULT_TIMESTEP_SPACING, TIMESTEP_SPACINGS
+from ddpm_fast.ops.cpu_report import processor_name
+from ddpm_fast.model import accelerate
+from ddpm_fast.evaluate import QualityMeasure, evaluate
+from ddpm_fast.diffusion import DEFAULT_TIMESTEP_SPACING, TIMESTEP_SPACINGS, make_sampler
 from ddpm_fast.train import load_checkpoint, model_from_checkpoint
-from ddpm_fast.viz import save_grid
+from ddpm_fast.evaluate.pictures import save_grid
 
 # (sampler, steps, eta). The last two rows, DDIM with the DDPM posterior's noise, show what the
 # deterministic samplers leave on the table for a small model.
@@ -46,8 +46,8 @@ def load(path, device):
 def run_rows(model, diffusion, measure, rows, args, spacing=DEFAULT_TIMESTEP_SPACING, grids=None):
     results = []
     for sampler, steps, eta in rows:
-        result, images = evaluate(model, diffusion, measure, sampler, steps, eta, spacing, num=args.num,
-                                  seeds=range(args.seeds), batch_size=args.batch_size)
+        result, images = evaluate(model, diffusion, measure, make_sampler(sampler, steps, eta, spacing),
+                                  num=args.num, seeds=range(args.seeds), batch_size=args.batch_size)
         if grids is not None:
             name = f"{sampler}-{steps}" + (f"-eta{eta:g}" if eta else "")
             result["grid"] = str(save_grid(images[:16], grids / f"{name}.png", nrow=8, scale=4))

@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from ddpm_fast import GaussianDiffusion, Unet, ops, reference
-from ddpm_fast.cpu_report import processor_name
-from ddpm_fast.fused import accelerate
+from ddpm_fast import GaussianDiffusion, Unet, ops
+from ddpm_fast.ops import reference
+from ddpm_fast.ops.cpu_report import processor_name
+from ddpm_fast.model import accelerate
 
 RECORDED = ("group_norm_act", "projected_linear_attention", "linear_attention", "sampler_update", "q_sample")
 

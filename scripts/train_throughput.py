@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 import ddpm_fast
-from ddpm_fast.precision import PRECISIONS
-from ddpm_fast.record import METRICS_NAME, read_metrics
+from ddpm_fast.train.precision import PRECISIONS
+from ddpm_fast.train.record import METRICS_NAME, read_metrics
 from ddpm_fast.train import TrainConfig, pick_device, train
 
 IMPLS = ("reference", "fused")

@@ -64,6 +64,6 @@ def test_cpu_report_names_the_processor_the_levels_and_the_choices():
     report = ddpm_fast.cpu_report()
     assert report["ddpm_fast_isa"] == ops.cpu_isa() and report["supported_isas"] == list(ops.supported_cpu_isas())
     assert report["torch_isa"] and report["processor"] and report["intra_op_parallel"]
-    assert set(report["ops"]) >= {"q_sample", "p_sample_update", "group_norm_act", "linear_attention"}
+    assert set(report["ops"]) >= {"q_sample", "sampler_update", "group_norm_act", "linear_attention"}
     text = ddpm_fast.format_cpu_report(report)
     assert report["processor"] in text and f"ddpm_fast CPU kernels: {ops.cpu_isa()}" in text

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ddpm_fast import cuda_build
+import cuda_build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_a_gpu_without_the_cuda_kernels_fails_the_cuda_tests(tmp_path):
         import torch
         from ddpm_fast import ops
         torch.cuda.is_available = lambda: True
-        ops._BACKENDS = ("cpu",)
+        ops.loading._BACKENDS = ("cpu",)
         """))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pretend_gpu",

@@ -9,7 +9,7 @@ import torch
 
 from ddpm_fast import cli
 from ddpm_fast.data import DataError, load_dataset, read_idx
-from ddpm_fast.record import read_metrics
+from ddpm_fast.train.record import read_metrics
 from ddpm_fast.train import TrainConfig, load_checkpoint, train
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import seed_code
-from ddpm_fast import GaussianDiffusion, Unet, schedules
+from ddpm_fast import GaussianDiffusion, Unet
+from ddpm_fast.diffusion import schedules
 from ddpm_fast.ops import compiled_ops_loaded
 
 FUSED = [False] + ([True] if compiled_ops_loaded() else [])
@@ -30,11 +31,14 @@ def test_schedules_follow_the_seed_formulas():
 
 def test_buffers_match_the_seed_and_follow_the_module():
     d = GaussianDiffusion(200, "linear")
-    for name in ("betas", "alphas_cumprod", "sqrt_recip_alphas", "sqrt_alphas_cumprod",
+    for name in ("betas", "alphas_cumprod", "sqrt_alphas_cumprod",
                  "sqrt_one_minus_alphas_cumprod", "posterior_variance"):
         torch.testing.assert_close(getattr(d, name), getattr(seed_code, name), msg=name)
         assert getattr(d, name).dtype == torch.float32
-    assert d.posterior_std[0] == 0
+    assert d.posterior_variance[0] == 0
+    # The DDPM update's table holds the seed's sqrt(1 / alpha) and the posterior's sigma_0 = 0.
+    torch.testing.assert_close(d.ddpm.coefficients[-1, 3], torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(d.ddpm.coefficients[:, 0].flip(0).float(), seed_code.sqrt_recip_alphas)
     d = d.to(torch.device("meta"))
     assert d.betas.device.type == "meta"
 
@@ -74,7 +78,7 @@ def test_p_sample_closed_form_and_seed(fused):
         expected = mean + seed_code.posterior_variance[step].sqrt() * noise
         torch.testing.assert_close(out, expected)
         torch.testing.assert_close(out, seed_code.p_sample(model, x, t, step, noise))
-    # At t = 0 the noise is dropped (posterior_std[0] == 0), with no branch on t.
+    # At t = 0 the noise is dropped (the posterior's sigma_0 == 0), with no branch on t.
     t0 = torch.zeros(2, dtype=torch.long)
     torch.testing.assert_close(d.p_sample(model, x, t0, 0, noise=noise),
                                d.p_sample(model, x, t0, 0, noise=torch.zeros_like(x)))

@@ -17,8 +17,8 @@ import jobs
 from compare_runs import assert_trained_alike, initial_weights
 from ddpm_fast import cli
 from ddpm_fast.data import load_dataset
-from ddpm_fast.distributed import check_same_on_all_ranks, process_group
-from ddpm_fast.record import METRICS_NAME, read_metrics
+from ddpm_fast.train.distributed import check_same_on_all_ranks, process_group
+from ddpm_fast.train.record import METRICS_NAME, read_metrics
 from ddpm_fast.train import TrainConfig, load_checkpoint, train
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -7,7 +7,7 @@ import torch
 
 import seed_code
 from ddpm_fast import GaussianDiffusion, Unet, ops
-from ddpm_fast.fused import FusedBlock, FusedGroupNorm, FusedLinearAttention, accelerate
+from ddpm_fast.model import FusedBlock, FusedGroupNorm, FusedLinearAttention, accelerate
 
 CONFIGS = {
     "convnext": dict(dim=28, channels=1, dim_mults=(1, 2, 4)),

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_fast import GaussianDiffusion, Unet, cli, metrics
-from ddpm_fast.fused import accelerate
+from ddpm_fast import GaussianDiffusion, Unet, cli
+from ddpm_fast import evaluate as metrics
+from ddpm_fast.diffusion import DPMSolverPlusPlusSampler
+from ddpm_fast.evaluate import classifier
+from ddpm_fast.model import accelerate
 from ddpm_fast.ops import compiled_ops_loaded
 from ddpm_fast.train import TrainConfig, load_checkpoint, train, unet_kwargs
 
@@ -23,7 +26,7 @@ def cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DDPM_FAST_CACHE", str(path))
-        patch.setattr(metrics, "CLASSIFIER_ITERATIONS", ITERATIONS)
+        patch.setattr(classifier, "CLASSIFIER_ITERATIONS", ITERATIONS)
         yield path
 
 
@@ -68,7 +71,7 @@ def test_frechet_distance_closed_forms():
 def test_classifier_is_trained_once_then_cached(cache, measure, monkeypatch):
     assert measure.accuracy > 0.9
     assert list(cache.glob(f"classifier-digits-8px-{ITERATIONS}it-v*.pt"))
-    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: pytest.fail("retrained a cached classifier"))
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained a cached classifier"))
     again = metrics.QualityMeasure("digits", 8, progress=False)
     assert again.accuracy == measure.accuracy and again.noise_floor == measure.noise_floor
     assert measure.num_reference == 1797 // 2 and measure.noise_floor > 0
@@ -88,7 +91,7 @@ def test_fused_and_reference_samplers_score_alike_and_training_shows(tmp_path_fa
     within the spread over seeds, and a barely trained model scores clearly worse."""
     model = trained(tmp_path_factory, 400)
     bad = trained(tmp_path_factory, 10)
-    kwargs = dict(sampler="dpm-solver++", steps=10, num=300, seeds=range(3), batch_size=300, progress=False)
+    kwargs = dict(sampler=DPMSolverPlusPlusSampler(steps=10), num=300, seeds=range(3), batch_size=300, progress=False)
     reference, _ = metrics.evaluate(model, GaussianDiffusion(200, fused=False), measure, **kwargs)
     assert len(reference["fd"]) == 3 and reference["classifier_accuracy"] == measure.accuracy
     if compiled_ops_loaded():

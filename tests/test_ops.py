@@ -4,7 +4,8 @@ awkward shapes and layouts, and clear errors for bad input."""
 import pytest
 import torch
 
-from ddpm_fast import GaussianDiffusion, ops, reference
+from ddpm_fast import GaussianDiffusion, ops
+from ddpm_fast.ops import policy, reference
 
 pytestmark = pytest.mark.skipif(not ops.compiled_ops_loaded(), reason="compiled extension not built")
 
@@ -19,16 +20,16 @@ def cpu_isa(request):
         yield request.param
 
 
-SILU_RULE = ops._cpu_silu_is_slower
+SILU_RULE = policy.cpu_silu_is_slower
 
 
 @pytest.fixture(autouse=True)
 def kernels_wherever_they_run(monkeypatch):
     """ops.* take the reference where a kernel is measured slower (small images for attention,
     SiLU at the baseline level); the kernels must be right there too, so here they always run."""
-    monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 0)
-    monkeypatch.setattr(ops, "CPU_PROJECTED_ATTENTION_MIN_PIXELS", 0)
-    monkeypatch.setattr(ops, "_cpu_silu_is_slower", lambda x, act: False)
+    monkeypatch.setattr(policy, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 0)
+    monkeypatch.setattr(policy, "CPU_PROJECTED_ATTENTION_MIN_PIXELS", 0)
+    monkeypatch.setattr(policy, "cpu_silu_is_slower", lambda x, act: False)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
 SCHEDULE = GaussianDiffusion(200, fused=False)
@@ -57,22 +58,15 @@ def test_kernels_are_built_to_run_in_parallel():
     assert _C.intra_op_parallel, "ddpm_fast._C's kernels do not run on torch's intra-op thread pool"
 
 
-# ---------------------------------------------------------------- q_sample / p_sample_update
+# ---------------------------------------------------------------- q_sample
 
 Q_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
-P_TABLES = ("sqrt_recip_alphas", "eps_coef", "posterior_std")
 
 
 def q_args(batch, device="cpu", dtype=torch.float32, size=7):
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     t = torch.randint(0, 200, (batch,), device=device)
     return [x, t, *tables(device, *Q_TABLES), torch.randn_like(x)]
-
-
-def p_args(batch, device="cpu", dtype=torch.float32, size=7):
-    x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
-    t = torch.randint(0, 200, (batch,), device=device)
-    return [x, torch.randn_like(x), t, *tables(device, *P_TABLES), torch.randn_like(x)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -82,44 +76,36 @@ def test_q_sample_matches_reference(device, batch):
     torch.testing.assert_close(torch.ops.ddpm_fast.q_sample(*args), reference.q_sample(*args))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("batch", [0, 1, 5])
-def test_p_sample_update_matches_reference(device, batch):
-    args = p_args(batch, device)
-    torch.testing.assert_close(torch.ops.ddpm_fast.p_sample_update(*args), reference.p_sample_update(*args))
-
-
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "batch_not_outermost"])
-def test_elementwise_ops_in_every_layout(layout):
+def test_q_sample_in_every_layout(layout):
     args = q_args(3)
     args[0], args[4] = layouts(args[0])[layout], layouts(args[4])[layout]
     torch.testing.assert_close(ops.q_sample(*args), reference.q_sample(*args))
-    pargs = p_args(3)
-    pargs[0] = layouts(pargs[0])[layout]
-    torch.testing.assert_close(ops.p_sample_update(*pargs), reference.p_sample_update(*pargs))
+    args[4] = q_args(3)[4]  # noise in NCHW, x_start in the layout
+    torch.testing.assert_close(ops.q_sample(*args), reference.q_sample(*args))
 
 
-def test_elementwise_ops_keep_samples_apart_when_the_batch_is_not_outermost():
+def test_q_sample_keeps_samples_apart_when_the_batch_is_not_outermost():
     # Dense with equal strides, so the kernels once took it as is, and sample b is not one slab.
     x = torch.randn(3, 2, 4).transpose(0, 1)
     noise = torch.randn(3, 2, 4).transpose(0, 1)
     t = torch.tensor([3, 190])
-    q_tables, p_tables = tables("cpu", *Q_TABLES), tables("cpu", *P_TABLES)
+    q_tables = tables("cpu", *Q_TABLES)
     torch.testing.assert_close(torch.ops.ddpm_fast.q_sample(x, t, *q_tables, noise),
                                reference.q_sample(x, t, *q_tables, noise))
-    torch.testing.assert_close(torch.ops.ddpm_fast.p_sample_update(x, noise, t, *p_tables, x),
-                               reference.p_sample_update(x, noise, t, *p_tables, x))
 
 
-def test_elementwise_opcheck_and_gradcheck():
-    for op, args in ((torch.ops.ddpm_fast.q_sample, q_args(3, dtype=torch.float64)),
-                     (torch.ops.ddpm_fast.p_sample_update, p_args(3, dtype=torch.float64))):
-        torch.library.opcheck(op, args)
-        grads = [a.requires_grad_() if a.is_floating_point() and a.dim() == 4 else a for a in args]
-        assert torch.autograd.gradcheck(lambda *a: op(*a), grads)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "batch_not_outermost"])
+def test_q_sample_opcheck_and_gradcheck(layout):
+    # opcheck compares the fake kernel's output strides with the real kernel's in each layout.
+    op, args = torch.ops.ddpm_fast.q_sample, q_args(3, dtype=torch.float64)
+    args[0], args[4] = layouts(args[0])[layout], layouts(args[4])[layout]
+    torch.library.opcheck(op, args)
+    grads = [a.requires_grad_() if a.is_floating_point() and a.dim() == 4 else a for a in args]
+    assert torch.autograd.gradcheck(lambda *a: op(*a), grads)
 
 
-def test_elementwise_bad_input():
+def test_q_sample_bad_input():
     args = q_args(2)
     with pytest.raises(RuntimeError, match=r"q_sample: t\[1\]=200 lies outside \[0, 200\)"):
         torch.ops.ddpm_fast.q_sample(args[0], torch.tensor([0, 200]), *args[2:])
@@ -127,10 +113,6 @@ def test_elementwise_bad_input():
         torch.ops.ddpm_fast.q_sample(args[0], torch.tensor([0, 1], dtype=torch.int32), *args[2:])
     with pytest.raises(RuntimeError, match=r"q_sample: noise must have the shape of x_start"):
         torch.ops.ddpm_fast.q_sample(*args[:4], torch.randn(2, 3, 8, 8))
-    with pytest.raises(RuntimeError, match=r"p_sample_update: eps must have x's dtype"):
-        pargs = p_args(2)
-        pargs[1] = pargs[1].double()
-        torch.ops.ddpm_fast.p_sample_update(*pargs)
 
 
 # ---------------------------------------------------------------- group_norm_act
@@ -272,7 +254,7 @@ def test_linear_attention_bad_input():
 def test_cpu_group_norm_silu_takes_the_reference_at_the_baseline_level(monkeypatch, cpu_isa, act):
     calls = []
     monkeypatch.setattr(reference, "group_norm_act", lambda *args: calls.append(args[-1]))
-    monkeypatch.setattr(ops, "_cpu_silu_is_slower", SILU_RULE)
+    monkeypatch.setattr(policy, "cpu_silu_is_slower", SILU_RULE)
     x, weight, bias, scale, shift = gn_inputs(2, 8, 5, 5)
     ops.group_norm_act(x, 4, weight, bias, scale, shift, 1e-5, act)
     assert calls == (["silu"] if cpu_isa == "default" and act == "silu" else [])
@@ -280,14 +262,14 @@ def test_cpu_group_norm_silu_takes_the_reference_at_the_baseline_level(monkeypat
 
 
 def test_cpu_attention_picks_the_faster_path_by_image_size_and_level(monkeypatch):
-    monkeypatch.setattr(ops, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 256)
-    monkeypatch.setattr(ops, "CPU_PROJECTED_ATTENTION_MIN_PIXELS", 100)
-    monkeypatch.setattr(ops, "_cpu_level", "avx2")
+    monkeypatch.setattr(policy, "CPU_ATTENTION_BACKWARD_MIN_PIXELS", 256)
+    monkeypatch.setattr(policy, "CPU_PROJECTED_ATTENTION_MIN_PIXELS", 100)
+    monkeypatch.setattr(ops.isa, "level_in_use", "avx2")
     calls = []
     for name in ("linear_attention", "projected_linear_attention"):
         monkeypatch.setattr(reference, name, lambda *args, name=name: calls.append(f"reference.{name}"))
     conv1x1 = ops.conv1x1
-    monkeypatch.setattr(ops, "conv1x1", lambda *args: calls.append("conv1x1") or conv1x1(*args))
+    monkeypatch.setattr(ops.pointwise_conv, "conv1x1", lambda *args: calls.append("conv1x1") or conv1x1(*args))
 
     def path(size, training, projected=True):
         calls.clear()
@@ -308,7 +290,7 @@ def test_cpu_attention_picks_the_faster_path_by_image_size_and_level(monkeypatch
     with torch.no_grad():
         assert path(7, training=True, projected=False) == ["kernel"]
     assert "fewer than 256 pixels" in ops.cpu_op_choices()["projected_linear_attention"]
-    monkeypatch.setattr(ops, "_cpu_level", "default")  # baseline x86-64: training never takes the kernel
+    monkeypatch.setattr(ops.isa, "level_in_use", "default")  # baseline x86-64: training never takes the kernel
     assert path(16, training=True) == ["reference.projected_linear_attention"]
     assert path(16, training=True, projected=False) == ["reference.linear_attention"]
     assert path(16, training=False) == ["kernel"]
@@ -386,7 +368,7 @@ def test_projected_linear_attention_bad_input():
 def test_every_op_compiles_without_graph_breaks():
     x, weight, bias, scale, shift = gn_inputs(2, 8, 5, 5)
     qkv = torch.randn(2, 3 * 2 * 4, 5, 5)
-    qa, pa = q_args(2), p_args(2)
+    qa, sa = q_args(2), sampler_args(2)
 
     w_qkv = torch.randn(3 * 2 * 4, 8, 1, 1)
 
@@ -394,7 +376,7 @@ def test_every_op_compiles_without_graph_breaks():
         a = ops.group_norm_act(x, 4, weight, bias, scale, shift, 1e-5, "silu")
         b = ops.linear_attention(qkv, 2, 0.5)
         c = ops.projected_linear_attention(x, w_qkv, 2, 0.5)
-        return a, b, c, ops.q_sample(*qa), ops.p_sample_update(*pa)
+        return a, b, c, ops.q_sample(*qa), *ops.sampler_update(*sa)
 
     compiled = torch.compile(all_ops, fullgraph=True, backend="aot_eager")
     for got, expected in zip(compiled(x, weight, bias, scale, shift, qkv), all_ops(x, weight, bias, scale, shift, qkv)):
@@ -455,11 +437,11 @@ def test_sampler_update_reads_a_batch_that_is_not_outermost():
 
 
 @pytest.mark.parametrize("prev,noise", [(True, True), (False, False)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_sampler_update_opcheck_and_gradcheck(prev, noise, channels_last):
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "batch_not_outermost"])
+def test_sampler_update_opcheck_and_gradcheck(prev, noise, layout):
+    # opcheck compares the fake kernel's output strides with the real kernel's in each layout.
     args = sampler_args(3, torch.float64, prev=prev, noise=noise)
-    if channels_last:
-        args[:4] = [a.contiguous(memory_format=torch.channels_last) if a is not None else None for a in args[:4]]
+    args[:4] = [layouts(a)[layout] if a is not None else None for a in args[:4]]
     torch.library.opcheck(torch.ops.ddpm_fast.sampler_update, args)
     leaves = [a.requires_grad_() if a is not None and a.dim() == 4 else a for a in args]
     assert torch.autograd.gradcheck(lambda *a: ops.sampler_update(*a), leaves)

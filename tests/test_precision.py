@@ -9,7 +9,7 @@ import torch
 
 from compare_runs import assert_trained_alike, initial_weights
 from ddpm_fast import GaussianDiffusion, Unet, accelerate, ops
-from ddpm_fast.precision import autocast
+from ddpm_fast.train.precision import autocast
 from ddpm_fast.train import TrainConfig, load_checkpoint, train
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in ops.compiled_backends() else [])
@@ -132,7 +132,7 @@ def test_compile_trains_through_the_compiled_model(tmp_path, monkeypatch):
         compiled.append(model)
         return real_compile(model, backend="aot_eager", **kwargs)
 
-    monkeypatch.setattr("ddpm_fast.train.torch.compile", compile_cheaply)
+    monkeypatch.setattr("ddpm_fast.train.loop.torch.compile", compile_cheaply)
     config = dict(TINY, batch_size=16, grad_accum=2, steps=2, log_every=1, save_and_sample_every=1000)
     model, _, history = train(TrainConfig(**config, compile=True, out_dir=str(tmp_path / "c")),
                               progress=False)

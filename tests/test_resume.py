@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import jobs
-from ddpm_fast import train as train_module
-from ddpm_fast.record import METRICS_NAME, read_metrics
+from ddpm_fast.train import checkpoint as checkpoint_module
+from ddpm_fast.train.record import METRICS_NAME, read_metrics
 from ddpm_fast.train import load_checkpoint, save_checkpoint
 
 
@@ -58,7 +58,7 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeyp
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt  # as Ctrl-C, or any failure, mid-write
 
-    monkeypatch.setattr(train_module.torch, "save", dies_mid_write)
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"step": 2, "weights": torch.zeros(3)})
     monkeypatch.undo()

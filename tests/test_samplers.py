@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_fast import GaussianDiffusion, Unet, samplers
+from ddpm_fast import GaussianDiffusion, Unet
+from ddpm_fast.diffusion import samplers, schedules
 from ddpm_fast.ops import compiled_ops_loaded
 
 diffusers = pytest.importorskip("diffusers")
@@ -42,7 +43,11 @@ class Float64Model(torch.nn.Module):
 
 
 def betas():
-    return GaussianDiffusion(T)._betas64
+    return schedules.linear_beta_schedule(T)  # GaussianDiffusion's default, in float64
+
+
+def alphas_cumprod():
+    return GaussianDiffusion(T).alphas_cumprod64
 
 
 def ddim_scheduler(spacing):
@@ -171,26 +176,40 @@ def test_x_T_is_the_starting_noise(model, x_T):
     torch.testing.assert_close(first[0], (x_T - (1 - abar).sqrt() * eps) / abar.sqrt())
 
 
-def test_sampler_tables_are_computed_once_and_cached(model, x_T):
+def test_sampler_tables_are_computed_once_per_schedule_and_cached(model, x_T):
     d = GaussianDiffusion(T)
-    chosen = d.sampler("dpm-solver++", 10, timestep_spacing="linspace")
-    assert d.sampler("dpm-solver++", 10, timestep_spacing="linspace") is chosen
-    assert d.sampler("ddpm") is d.sampler("ddpm", T)
-    assert chosen.coefficients.dtype == torch.float64 and chosen.coefficients.shape == (10, 6)
+    chosen = samplers.DPMSolverPlusPlusSampler(steps=10, timestep_spacing="linspace")
+    assert chosen.num_steps is None  # no schedule yet
+    sample(d, model, x_T, sampler=chosen)
+    coefficients = chosen.coefficients
+    assert coefficients.dtype == torch.float64 and coefficients.shape == (10, 6) and chosen.num_steps == 10
     table = chosen.tables("cpu", torch.float32)
     assert table.dtype == torch.float32 and chosen.tables("cpu", torch.float16) is table
     assert chosen.tables("cpu", torch.float64).dtype == torch.float64
-    sample(d, model, x_T, sampler="dpm-solver++", steps=10, timestep_spacing="linspace")
-    assert chosen.tables("cpu", torch.float32) is table
+    sample(d, model, x_T, sampler=chosen)
+    assert chosen.coefficients is coefficients and chosen.tables("cpu", torch.float32) is table
+    sample(GaussianDiffusion(T, "cosine"), model, x_T, sampler=chosen)  # another schedule: new tables
+    assert not torch.equal(chosen.coefficients, coefficients)
+
+
+def test_a_sampler_object_and_its_name_sample_alike(model, x_T):
+    d = GaussianDiffusion(T)
+    by_object = sample(d, model, x_T, sampler=samplers.DDIMSampler(steps=10, eta=0.0, timestep_spacing="linspace"))
+    by_name = sample(d, model, x_T, sampler="ddim", steps=10, timestep_spacing="linspace")
+    torch.testing.assert_close(by_object, by_name, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"steps belong to the sampler object"):
+        sample(d, model, x_T, sampler=samplers.DDIMSampler(steps=10), steps=20)
+    with pytest.raises(TypeError, match=r"sampler must be a Sampler object"):
+        sample(d, model, x_T, sampler=10)
 
 
 def test_first_order_steps_use_no_history():
     # DPM-Solver++(2M) is first order on its first step and on its last (to sigma = 0, where
     # it returns the data prediction: the row equals the x0 row).
-    table = samplers.make_sampler("dpm-solver++", betas(), 10).coefficients
+    table = samplers.make_sampler("dpm-solver++", 10).set_schedule(alphas_cumprod()).coefficients
     assert table[0, 2] == 0 and table[-1, 2] == 0 and (table[1:-1, 2] != 0).all()
     torch.testing.assert_close(table[-1, :2], table[-1, 4:])
-    ddim = samplers.make_sampler("ddim", betas(), 10).coefficients
+    ddim = samplers.make_sampler("ddim", 10).set_schedule(alphas_cumprod()).coefficients
     torch.testing.assert_close(ddim[-1, :2], ddim[-1, 4:])  # alpha_bar = 1 at the end
     assert (ddim[:, 2:4] == 0).all()
 
@@ -203,10 +222,13 @@ def test_bad_sampler_arguments_are_named(model):
 
     with pytest.raises(ValueError, match=r"sampler='euler' is not known; choose one of"):
         run(sampler="euler")
-    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 200\] for sampler='ddim', got 0"):
+    with pytest.raises(ValueError, match=r"steps must be a positive integer, or None for all T steps, for "
+                       r"sampler='ddim', got 0"):
         run(sampler="ddim", steps=0)
-    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 200\]"):
+    with pytest.raises(ValueError, match=r"steps must be a positive integer"):
         run(sampler="ddim", steps=2.5)
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 200\] for sampler='ddim', got 201"):
+        run(sampler="ddim", steps=201)
     with pytest.raises(ValueError, match=r"sampler='ddpm' runs all 200 steps"):
         run(sampler="ddpm", steps=50)
     with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\], got 1.5"):
@@ -229,7 +251,7 @@ def test_bad_sampler_arguments_are_named(model):
 @pytest.mark.parametrize("name", samplers.SAMPLERS)
 def test_one_sampler_step_compiles_without_graph_breaks(name):
     d = GaussianDiffusion(T)
-    chosen = d.sampler(name, None if name == "ddpm" else 10)
+    chosen = samplers.make_sampler(name, None if name == "ddpm" else 10).set_schedule(d.alphas_cumprod64)
     x, eps, prev_x0, noise = (torch.randn(BATCH, 1, 8, 8) for _ in range(4))
     step = torch.full((BATCH,), 3)
 

@@ -14,9 +14,7 @@ timesteps, noise and flips of each step's global batch are drawn from a generato
 import contextlib
 import copy
 import dataclasses
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,102 +23,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .data import load_dataset
-from .diffusion import LOSS_TYPES, GaussianDiffusion
+from ..data import load_dataset
+from ..diffusion import GaussianDiffusion
+from ..evaluate.pictures import plot_loss_curve, save_grid
+from ..model import Unet
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import check_config, pick_device, unet_kwargs
 from .distributed import broadcast_from_main, check_same_on_all_ranks, mean_over_ranks, process_group
-from .precision import autocast, check_precision, grad_scaler
+from .precision import autocast, grad_scaler
 from .record import METRICS_NAME, MetricsLog
-from .unet import Unet
-from .viz import plot_loss_curve, save_grid
 
-CHECKPOINT_NAME = "checkpoint.pt"
 LOSS_CURVE_NAME = "loss-curve.png"
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run depends on; stored in every checkpoint."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    image_size: int | None = None  # default: 16 for digits, 28 for Fashion-MNIST
-    hflip: bool | None = None  # default: on for Fashion-MNIST, off for digits
-    dim: int | None = None  # default: the image size, as in the seed
-    dim_mults: tuple = (1, 2, 4)
-    use_convnext: bool = True
-    resnet_block_groups: int = 8
-    timesteps: int = 200
-    beta_schedule: str = "linear"
-    loss_type: str = "huber"
-    batch_size: int = 128  # global: images per optimizer step, over all processes and grad_accum
-    grad_accum: int = 1  # micro-batches per optimizer step, each of batch_size / (processes * grad_accum)
-    precision: str = "fp32"  # fp32, or autocast to bf16 / fp16 (fp16 with a GradScaler)
-    compile: bool = False  # torch.compile the (accelerated) model
-    lr: float = 1e-3
-    steps: int = 2000
-    ema_decay: float | None = None  # e.g. 0.995; None disables EMA
-    log_every: int = 100
-    save_and_sample_every: int = 1000
-    num_samples: int = 36
-    seed: int = 0
-    device: str | None = None  # default: cuda when available, else cpu
-    accelerate: bool = True  # swap in the compiled fused ops when available
-    out_dir: str = "results"
-    dist_timeout_s: float = 600.0  # how long a rank waits for the others before the job fails
-
-
-def pick_device(device=None):
-    """The named device, or CUDA when available, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def unet_kwargs(config, image_size):
-    return dict(
-        dim=config.dim or image_size,
-        channels=1,
-        dim_mults=tuple(config.dim_mults),
-        use_convnext=config.use_convnext,
-        resnet_block_groups=config.resnet_block_groups,
-    )
-
-
-def save_checkpoint(path, state):
-    """Write ``state`` with torch.save to a temporary file, then rename it over ``path``, so a
-    crash mid-write never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            # On disk before the rename: else a power cut may keep the rename, not the data.
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path, device="cpu"):
-    """Read a checkpoint written by :func:`train`; returns its dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with 'ddpm-fast train'")
-    return torch.load(path, map_location=device, weights_only=True)
-
-
-def model_from_checkpoint(checkpoint, device="cpu", use_ema=True):
-    """Rebuild (model, diffusion, image_size) from a checkpoint dict, EMA weights if present."""
-    model = Unet(**checkpoint["unet"]).to(device)
-    weights = checkpoint.get("ema") if use_ema and checkpoint.get("ema") else checkpoint["model"]
-    model.load_state_dict(weights)
-    model.eval()
-    diffusion = GaussianDiffusion(**checkpoint["diffusion"]).to(device)
-    return model, diffusion, checkpoint["image_size"]
 
 
 @torch.no_grad()
@@ -131,21 +44,6 @@ def update_ema(ema_model, model, decay):
             ema_p.lerp_(p, 1.0 - decay)
 
 
-
-
-def check_config(config):
-    """Raise a ValueError naming the first setting of ``config`` that cannot work."""
-    if config.loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type={config.loss_type!r} is not known; choose one of {LOSS_TYPES}")
-    check_precision(config.precision)
-    for name in ("batch_size", "grad_accum", "log_every", "save_and_sample_every", "num_samples"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if config.steps < 0:
-        raise ValueError(f"steps must be >= 0, got {config.steps}")
-    if not config.dist_timeout_s > 0:
-        raise ValueError(f"dist_timeout_s must be a positive number of seconds, got {config.dist_timeout_s}")
 
 
 def step_seed(seed, step):
@@ -235,7 +133,7 @@ def _train(config, ctx, resume, progress):
     model = Unet(**kwargs).to(device)
     model.check_image_size(image_size, image_size)
     if config.accelerate:
-        from .fused import accelerate
+        from ..model import accelerate
 
         accelerate(model)  # in place; the state_dict keys stay the seed's
     # --no-accelerate trains the pure-PyTorch reference: the diffusion's q_sample too.

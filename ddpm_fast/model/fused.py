@@ -1,15 +1,15 @@
-"""Fused modules and :func:`accelerate`, the only place that swaps them into a U-Net.
+"""The fused modules that :func:`ddpm_fast.model.accelerate.accelerate` swaps into a U-Net.
 
 The fused modules keep the parameter names of the modules they replace (``nn.GroupNorm``'s
 ``weight``/``bias``, the seed's ``proj``/``norm``/``to_qkv``/``to_out``) and share their
 parameter tensors, so ``state_dict`` keys and optimizer state are untouched. Whatever a kernel
-does not cover runs the pure-PyTorch reference (see :mod:`ddpm_fast.ops`).
+does not cover runs the pure-PyTorch reference (see :mod:`ddpm_fast.ops.policy`).
 """
 
 import torch
 from torch import nn
 
-from . import ops
+from .. import ops
 
 
 class FusedGroupNorm(nn.GroupNorm):
@@ -85,84 +85,3 @@ class FusedLinearAttention(nn.Module):
         # Back in x's layout, so a channels_last U-Net stays channels_last after the residual.
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return norm(ops.conv1x1(out, conv.weight, conv.bias, channels_last))
-
-
-# ---------------------------------------------------------------- matching by structure
-
-
-def _child_names(module):
-    return set(module._modules)
-
-
-def _is_block(m):
-    """The seed's Block: proj (Conv2d), norm (GroupNorm), act (SiLU), nothing else."""
-    return (
-        _child_names(m) == {"proj", "norm", "act"}
-        and isinstance(m.proj, nn.Conv2d)
-        and type(m.norm) is nn.GroupNorm
-        and isinstance(m.act, nn.SiLU)
-    )
-
-
-def _is_linear_attention(m):
-    """The seed's LinearAttention: 1x1 to_qkv without bias, to_out = [1x1 Conv2d, GroupNorm]."""
-    if _child_names(m) != {"to_qkv", "to_out"} or not hasattr(m, "heads") or not hasattr(m, "scale"):
-        return False
-    qkv, out = m.to_qkv, m.to_out
-    return (
-        isinstance(qkv, nn.Conv2d) and qkv.kernel_size == (1, 1) and qkv.bias is None
-        and qkv.groups == 1 and qkv.stride == (1, 1) and qkv.padding == (0, 0)
-        and isinstance(out, nn.Sequential) and len(out) == 2
-        and isinstance(out[0], nn.Conv2d) and out[0].kernel_size == (1, 1) and out[0].groups == 1
-        and out[0].stride == (1, 1) and out[0].padding == (0, 0)
-        and type(out[1]) is nn.GroupNorm
-        and qkv.out_channels % (3 * m.heads) == 0
-    )
-
-
-def _fused_replacement(m):
-    """The fused module to put in place of ``m``, or None to recurse into it."""
-    if _is_block(m):
-        return FusedBlock(m.proj, m.norm, m.act)
-    if _is_linear_attention(m):
-        return FusedLinearAttention(m.to_qkv, m.to_out, m.heads, m.scale)
-    if type(m) is nn.GroupNorm:  # PreNorm's and ConvNextBlock's norms
-        return FusedGroupNorm.from_group_norm(m)
-    return None
-
-
-def _swap(module):
-    count = 0
-    for name, child in list(module._modules.items()):
-        if child is None:
-            continue
-        replacement = _fused_replacement(child)
-        if replacement is None:
-            count += _swap(child)
-        else:
-            module._modules[name] = replacement
-            count += 1
-    return count
-
-
-def accelerate(model, channels_last=None):
-    """Swap the fused ops into a U-Net in place and return it.
-
-    Works on :class:`ddpm_fast.Unet` and on any U-Net with the seed's structure (a user's copy
-    of the blog's classes): modules are matched by their children, not by class. The
-    ``state_dict`` keys and the parameter tensors are unchanged.
-
-    Args:
-        model: the U-Net (any ``nn.Module``; parts that match nothing are left alone).
-        channels_last: store conv weights channels_last, so activations flow in that layout.
-            Default: on for CPU models on processors with AVX2 or AVX-512, where oneDNN's
-            convolutions are faster in it; off on baseline x86-64, where they are slower
-            (see :func:`ddpm_fast.ops.cpu_prefers_channels_last`).
-    """
-    _swap(model)
-    if channels_last is None:
-        param = next(model.parameters(), None)
-        channels_last = param is not None and param.device.type == "cpu" and ops.cpu_prefers_channels_last()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model

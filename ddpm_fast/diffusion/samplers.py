@@ -1,8 +1,10 @@
 """The samplers of a trained noise model: DDPM's ancestral sampler, DDIM and DPM-Solver++(2M).
 
-Each sampler is a small object in the shape of a diffusers scheduler: ``set_timesteps(steps,
-timestep_spacing)`` fixes its grid of S model timesteps and computes, once and in float64, an
-(S, 6) table of per-step coefficients; ``step`` is then one update with no host sync. Every
+Each sampler is a small object in the shape of a diffusers scheduler, built with its settings
+(``DDIMSampler(steps=50, eta=0.0)``) and passed to ``GaussianDiffusion.sample(..., sampler=...)``.
+``set_schedule(alphas_cumprod)`` (the diffusion calls it) fixes its grid of S model timesteps and
+computes, once and in float64, an (S, 6) table of per-step coefficients; ``step`` is then one
+update with no host sync. Every
 sampler's step is the same affine update of the current sample ``x``, the model's predicted
 noise ``eps``, the previous step's prediction of the clean image ``prev_x0`` and fresh noise::
 
@@ -24,7 +26,8 @@ import numbers
 import numpy as np
 import torch
 
-from . import ops, reference
+from .. import ops
+from ..ops import reference
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -82,12 +85,14 @@ def dpm_solver_timesteps(num_train_timesteps, steps, timestep_spacing):
 
 
 class Sampler:
-    """Base of the samplers: a grid of model timesteps and its (S, 6) coefficient table.
+    """Base of the samplers: its settings, and for a diffusion's schedule the grid of model
+    timesteps and its (S, 6) coefficient table.
 
     Args:
-        betas: (T,) the diffusion's beta schedule, float64.
+        steps: S, the number of model evaluations; None for all T steps of the schedule.
+        timestep_spacing: 'leading', 'trailing' or 'linspace', as in diffusers.
 
-    After :meth:`set_timesteps`: ``timesteps`` (S,) int64 on the CPU, the model's timestep at
+    After :meth:`set_schedule`: ``timesteps`` (S,) int64 on the CPU, the model's timestep at
     each step, and ``coefficients`` (S, 6) float64, one row per step (columns
     ``COEFFICIENTS``). ``uses_noise``/``uses_prev_x0`` say whether ``step`` needs fresh noise
     or the previous step's x0; the sampling loop passes None otherwise and the op skips them.
@@ -97,12 +102,14 @@ class Sampler:
     uses_noise = False
     uses_prev_x0 = False
 
-    def __init__(self, betas):
-        self.betas = betas.to(torch.float64)
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
-        self.num_train_timesteps = self.betas.shape[0]
-        self.steps = None
-        self.timestep_spacing = None
+    def __init__(self, steps=None, timestep_spacing=DEFAULT_TIMESTEP_SPACING):
+        check_timestep_spacing(timestep_spacing)
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+            raise ValueError(f"steps must be a positive integer, or None for all T steps, for "
+                             f"sampler={self.name!r}, got {steps!r}")
+        self.steps = None if steps is None else int(steps)
+        self.timestep_spacing = timestep_spacing
+        self.alphas_cumprod = None
         self.timesteps = None
         self.coefficients = None
         self._device_tables = {}
@@ -114,23 +121,42 @@ class Sampler:
     def _extra_repr(self):
         return ""
 
-    def set_timesteps(self, steps, timestep_spacing=DEFAULT_TIMESTEP_SPACING):
-        """Fix the grid of ``steps`` timesteps and compute the coefficient table (float64)."""
-        check_timestep_spacing(timestep_spacing)
-        T = self.num_train_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= T:
+    @property
+    def num_steps(self):
+        """S, the number of model evaluations (known once :meth:`set_schedule` ran)."""
+        return None if self.timesteps is None else self.timesteps.shape[0]
+
+    def settings(self):
+        """The settings as a dict for a record: sampler, steps (S), eta and timestep_spacing."""
+        return {"sampler": self.name, "steps": self.num_steps or self.steps, "eta": 0.0,
+                "timestep_spacing": self.timestep_spacing}
+
+    def set_schedule(self, alphas_cumprod):
+        """Fix the grid of timesteps and compute the coefficient table (float64) for a
+        diffusion's ``alphas_cumprod`` (T,) float64; does nothing when already set for it."""
+        alphas_cumprod = alphas_cumprod.to(torch.float64)
+        if self.alphas_cumprod is not None and torch.equal(self.alphas_cumprod, alphas_cumprod):
+            return self
+        T = alphas_cumprod.shape[0]
+        steps = T if self.steps is None else self.steps
+        if steps > T:
             raise ValueError(f"steps must be an integer in [1, {T}] for sampler={self.name!r}, got {steps!r}")
-        steps = int(steps)
-        timesteps = self._timesteps(steps, timestep_spacing)
+        self.alphas_cumprod = alphas_cumprod
+        timesteps = self._timesteps(steps, self.timestep_spacing)
         if timesteps.shape[0] != steps or not (timesteps[:-1] > timesteps[1:]).all() or timesteps.min() < 0:
+            self.alphas_cumprod = None
             raise ValueError(
-                f"steps={steps} with timestep_spacing={timestep_spacing!r} does not give {steps} distinct "
+                f"steps={steps} with timestep_spacing={self.timestep_spacing!r} does not give {steps} distinct "
                 f"timesteps in [0, {T}) for sampler={self.name!r}; use fewer steps or another spacing"
             )
-        self.steps, self.timestep_spacing, self.timesteps = steps, timestep_spacing, timesteps
+        self.timesteps = timesteps
         self.coefficients = self._coefficients(timesteps)
         self._device_tables = {}
         return self
+
+    @property
+    def num_train_timesteps(self):
+        return self.alphas_cumprod.shape[0]
 
     def tables(self, device, dtype=torch.float32):
         """The coefficient table on ``device`` for samples of ``dtype``: float64 for float64
@@ -149,6 +175,11 @@ class Sampler:
         """
         impl = ops if fused else reference
         return impl.sampler_update(x, eps, prev_x0, noise, step, self.tables(x.device, x.dtype))
+
+    def _betas(self, t):
+        """beta_t = 1 - abar_t / abar_{t-1} (abar_{-1} = 1), from the one alphas_cumprod."""
+        abar_prev = torch.where(t > 0, self.alphas_cumprod[(t - 1).clamp(min=0)], 1.0)
+        return 1.0 - self.alphas_cumprod[t] / abar_prev
 
     def _x0_columns(self, t):
         """x0 = (x - sqrt(1 - abar_t) * eps) / sqrt(abar_t), as (x, eps) coefficients."""
@@ -180,7 +211,7 @@ class DDPMSampler(Sampler):
         return torch.arange(steps - 1, -1, -1, dtype=torch.int64)
 
     def _coefficients(self, timesteps):
-        betas, abar = self.betas[timesteps], self.alphas_cumprod[timesteps]
+        betas, abar = self._betas(timesteps), self.alphas_cumprod[timesteps]
         abar_prev = torch.where(timesteps > 0, self.alphas_cumprod[(timesteps - 1).clamp(min=0)], 1.0)
         sqrt_recip_alpha = 1.0 / (1.0 - betas).sqrt()
         posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
@@ -207,14 +238,17 @@ class DDIMSampler(Sampler):
 
     name = "ddim"
 
-    def __init__(self, betas, eta=0.0):
-        super().__init__(betas)
+    def __init__(self, steps=None, eta=0.0, timestep_spacing=DEFAULT_TIMESTEP_SPACING):
+        super().__init__(steps, timestep_spacing)
         check_eta(eta)
         self.eta = float(eta)
         self.uses_noise = self.eta > 0
 
     def _extra_repr(self):
         return f", eta={self.eta}"
+
+    def settings(self):
+        return {**super().settings(), "eta": self.eta}
 
     def _timesteps(self, steps, timestep_spacing):
         return ddim_timesteps(self.num_train_timesteps, steps, timestep_spacing)
@@ -275,21 +309,18 @@ class DPMSolverPlusPlusSampler(Sampler):
         return table
 
 
-def make_sampler(name, betas, steps=None, timestep_spacing=DEFAULT_TIMESTEP_SPACING, eta=0.0):
-    """The sampler called ``name`` (one of ``SAMPLERS``) for ``betas`` (T,), its timesteps set.
+def make_sampler(name, steps=None, eta=0.0, timestep_spacing=DEFAULT_TIMESTEP_SPACING):
+    """The sampler called ``name`` (one of ``SAMPLERS``) with these settings: the string
+    shorthand of ``sample(..., sampler="ddim", steps=50)``.
 
     ``steps=None`` means all T steps. ``eta`` is DDIM's noise scale; the other samplers take
     none (0).
     """
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is not known; choose one of {SAMPLERS}")
-    check_timestep_spacing(timestep_spacing)
     if name == "ddim":
-        sampler = DDIMSampler(betas, eta)
-    elif eta != 0:
+        return DDIMSampler(steps, eta, timestep_spacing)
+    check_eta(eta)
+    if eta != 0:
         raise ValueError(f"eta is DDIM's noise scale; sampler={name!r} takes eta=0, got {eta!r}")
-    else:
-        sampler = DDPMSampler(betas) if name == "ddpm" else DPMSolverPlusPlusSampler(betas)
-    T = betas.shape[0]
-    return sampler.set_timesteps(T if steps is None else steps, timestep_spacing)
-
+    return (DDPMSampler if name == "ddpm" else DPMSolverPlusPlusSampler)(steps, timestep_spacing)

@@ -2,7 +2,7 @@
 
 The model is an argument of every method (as in improved-diffusion), so the same diffusion
 serves the reference U-Net, an accelerated one or a user's own. The samplers' maths (DDPM,
-DDIM, DPM-Solver++) lives in :mod:`ddpm_fast.samplers`; this module runs their loop.
+DDIM, DPM-Solver++) lives in :mod:`ddpm_fast.diffusion.samplers`; this module runs their loop.
 """
 
 import torch
@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import ops, reference
-from .samplers import DEFAULT_TIMESTEP_SPACING, check_eta, make_sampler
+from .. import ops
+from ..ops import reference
+from .samplers import DDPMSampler, Sampler, make_sampler
 from .schedules import make_beta_schedule
 
 LOSS_TYPES = ("l1", "l2", "huber")
@@ -27,7 +28,7 @@ class GaussianDiffusion(nn.Module):
     Args:
         timesteps: number of diffusion steps T.
         beta_schedule: 'linear' (the seed's choice), 'cosine', 'quadratic' or 'sigmoid'.
-        fused: use the compiled q_sample / p_sample kernels. ``None`` (default) uses them when
+        fused: use the compiled q_sample / sampler_update kernels. ``None`` (default) uses them when
             the extension is loaded; ``False`` forces the pure-PyTorch reference; ``True``
             raises if the extension is not available.
     """
@@ -42,18 +43,15 @@ class GaussianDiffusion(nn.Module):
         self.fused = ops.compiled_ops_loaded() if fused is None else bool(fused)
         self.timesteps = timesteps
         self.beta_schedule = beta_schedule
-        # The samplers compute their tables from the float64 betas, once per setting (sampler()).
-        self._betas64 = betas
-        self._samplers = {}
 
-        alphas = 1.0 - betas
-        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        # The one alphas_cumprod: every sampler's tables are computed from it, in float64.
+        self.alphas_cumprod64 = alphas_cumprod
         alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         # posterior_variance[0] is exactly 0 (alphas_cumprod_prev[0] == 1): the last reverse
         # step adds no noise, with no branch on t. Assign it anyway so that it stays exact.
         posterior_variance[0] = 0.0
-        sqrt_one_minus_alphas_cumprod = torch.sqrt(1.0 - alphas_cumprod)
 
         def buffer(name, value):
             self.register_buffer(name, value.to(torch.float32), persistent=False)
@@ -61,13 +59,11 @@ class GaussianDiffusion(nn.Module):
         buffer("betas", betas)
         buffer("alphas_cumprod", alphas_cumprod)
         buffer("alphas_cumprod_prev", alphas_cumprod_prev)
-        buffer("sqrt_recip_alphas", torch.sqrt(1.0 / alphas))
         buffer("sqrt_alphas_cumprod", torch.sqrt(alphas_cumprod))
-        buffer("sqrt_one_minus_alphas_cumprod", sqrt_one_minus_alphas_cumprod)
+        buffer("sqrt_one_minus_alphas_cumprod", torch.sqrt(1.0 - alphas_cumprod))
         buffer("posterior_variance", posterior_variance)
-        # The two coefficients of the reverse update, precomputed so a step only gathers them.
-        buffer("eps_coef", betas / sqrt_one_minus_alphas_cumprod)
-        buffer("posterior_std", torch.sqrt(posterior_variance))
+        # p_sample's update is a row of the DDPM sampler's table (row T - 1 - t).
+        self.ddpm = DDPMSampler().set_schedule(alphas_cumprod)
 
     def extra_repr(self):
         return f"timesteps={self.timesteps}, beta_schedule={self.beta_schedule!r}, fused={self.fused}"
@@ -122,8 +118,9 @@ class GaussianDiffusion(nn.Module):
     def p_sample(self, model, x, t, t_index, noise=None):
         """One reverse step x_t -> x_{t-1}: ``x: (B, C, H, W)``, ``t: (B,)`` -> (B, C, H, W).
 
+        The step is row T - 1 - t of the DDPM sampler's table, through ``sampler_update``.
         ``t_index`` is the seed's Python copy of the timestep; it is checked but nothing
-        branches on it: at t = 0 the noise is multiplied by ``posterior_std[0] == 0``.
+        branches on it: at t = 0 the noise's coefficient is the posterior's sigma_0 == 0.
         """
         if not 0 <= int(t_index) < self.timesteps:
             raise ValueError(f"t_index must lie in [0, {self.timesteps}), got {t_index}")
@@ -131,27 +128,29 @@ class GaussianDiffusion(nn.Module):
         if noise is None:
             noise = torch.randn_like(x)
         eps = model(x, t.long())
-        return self._ops().p_sample_update(
-            x, eps.to(x.dtype), t.long(), self.sqrt_recip_alphas, self.eps_coef, self.posterior_std, noise
-        )
+        x_prev, _ = self.ddpm.step(x, eps.to(x.dtype), self.timesteps - 1 - t.long(), noise=noise, fused=self.fused)
+        return x_prev
 
-    def sampler(self, name="ddpm", steps=None, eta=0.0, timestep_spacing=DEFAULT_TIMESTEP_SPACING):
-        """The :mod:`~ddpm_fast.samplers` object for these settings, its timesteps and
-        coefficient tables computed once (in float64) and cached.
-
-        name: 'ddpm', 'ddim' or 'dpm-solver++'; steps: S model evaluations, None for all T;
-        eta: DDIM's noise scale in [0, 1]; timestep_spacing: 'leading', 'trailing' or 'linspace'.
-        """
-        check_eta(eta)
-        key = (name, self.timesteps if steps is None else steps, float(eta), timestep_spacing)
-        if key not in self._samplers:
-            self._samplers[key] = make_sampler(name, self._betas64, steps, timestep_spacing, eta)
-        return self._samplers[key]
+    def _as_sampler(self, sampler, steps, eta, timestep_spacing):
+        """``sampler`` as an object with its tables set for this schedule: a Sampler as it is, a
+        name (the shorthand) built with ``steps``, ``eta`` and ``timestep_spacing``."""
+        if isinstance(sampler, Sampler):
+            given = [name for name, value in (("steps", steps), ("eta", eta), ("timestep_spacing", timestep_spacing))
+                     if value is not None]
+            if given:
+                raise TypeError(f"{', '.join(given)} belong to the sampler object: pass e.g. "
+                                f"{type(sampler).__name__}(steps=...), not sample(..., steps=...)")
+        elif isinstance(sampler, str):
+            options = dict(steps=steps, eta=eta, timestep_spacing=timestep_spacing)
+            sampler = make_sampler(sampler, **{k: v for k, v in options.items() if v is not None})
+        else:
+            raise TypeError(f"sampler must be a Sampler object (e.g. DDIMSampler(steps=50)) or one of "
+                            f"its names, got {type(sampler).__name__}")
+        return sampler.set_schedule(self.alphas_cumprod64)
 
     @torch.no_grad()
     def p_sample_loop(self, model, shape, return_all_timesteps=True, progress=True, cuda_graph=False, *,
-                      sampler="ddpm", steps=None, eta=0.0, timestep_spacing=DEFAULT_TIMESTEP_SPACING,
-                      x_T=None, generator=None):
+                      sampler="ddpm", steps=None, eta=None, timestep_spacing=None, x_T=None, generator=None):
         """Run the reverse process from noise with one of the samplers.
 
         Args:
@@ -160,11 +159,14 @@ class GaussianDiffusion(nn.Module):
             return_all_timesteps: return every visited step, else only the final images.
             progress: show a progress bar over the steps.
             cuda_graph: capture the whole loop as one CUDA graph and replay it (CUDA models only).
-            sampler: 'ddpm' (the seed's ancestral sampler, all T steps; the default), 'ddim' or
-                'dpm-solver++' (the second-order multistep solver with data prediction).
-            steps: S, the number of model evaluations: None for T; 'ddpm' takes only T.
-            eta: DDIM's noise scale in [0, 1]: 0 is deterministic, 1 over all T steps is DDPM.
-            timestep_spacing: 'leading', 'trailing' or 'linspace', as in diffusers.
+            sampler: a :class:`~ddpm_fast.diffusion.samplers.Sampler` object, e.g.
+                ``DDIMSampler(steps=50, eta=0.0)``; or the shorthand of its name: 'ddpm' (the
+                seed's ancestral sampler, all T steps; the default), 'ddim' or 'dpm-solver++'
+                (the second-order multistep solver with data prediction).
+            steps, eta, timestep_spacing: with a name only, the settings of the sampler it
+                builds (see :func:`~ddpm_fast.diffusion.samplers.make_sampler`): S model
+                evaluations (None for T; 'ddpm' takes only T), DDIM's noise scale in [0, 1],
+                and 'leading', 'trailing' or 'linspace' as in diffusers.
             x_T: (B, C, H, W) starting noise, on any device; its dtype is the run's (default:
                 float32 noise drawn with ``generator``).
             generator: a ``torch.Generator`` that makes every random draw (x_T and each step's
@@ -191,11 +193,11 @@ class GaussianDiffusion(nn.Module):
         if cuda_graph and generator is not None and generator.device != device:
             raise ValueError(f"cuda_graph=True draws its noise inside the graph: generator must be on "
                              f"the model's device {device}, got {generator.device}")
-        chosen = self.sampler(sampler, steps, eta, timestep_spacing)
+        chosen = self._as_sampler(sampler, steps, eta, timestep_spacing)
         x = self._starting_noise(shape, x_T, generator, device)
         chosen.tables(device, x.dtype)  # copied to the device here, before the first step
-        record = torch.empty((chosen.steps, *x.shape), device=device, dtype=x.dtype) if return_all_timesteps else None
-        bar = tqdm(total=chosen.steps, desc=f"sampling ({chosen.name}, {chosen.steps} steps)",
+        record = torch.empty((chosen.num_steps, *x.shape), device=device, dtype=x.dtype) if return_all_timesteps else None
+        bar = tqdm(total=chosen.num_steps, desc=f"sampling ({chosen.name}, {chosen.num_steps} steps)",
                    disable=not progress)
         if cuda_graph:
             x = self._graphed_loop(model, chosen, x, generator, record, bar)
@@ -224,7 +226,7 @@ class GaussianDiffusion(nn.Module):
         t = torch.empty(b, dtype=torch.long, device=x.device)
         timesteps = sampler.timesteps.tolist()
         prev_x0 = None
-        for k in range(sampler.steps if count is None else count):
+        for k in range(sampler.num_steps if count is None else count):
             step.fill_(k)
             t.fill_(timesteps[k])
             noise = _randn(x.shape, generator, x.device, x.dtype) if sampler.uses_noise else None
@@ -243,7 +245,7 @@ class GaussianDiffusion(nn.Module):
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
-            self._run_sampler(model, sampler, x, generator, count=min(2, sampler.steps))
+            self._run_sampler(model, sampler, x, generator, count=min(2, sampler.num_steps))
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if generator is not None:  # the default CUDA generator is registered by the capture
@@ -258,13 +260,11 @@ class GaussianDiffusion(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample(self, model, image_size, batch_size=16, channels=3, sampler="ddpm", steps=None, eta=0.0,
-               timestep_spacing=DEFAULT_TIMESTEP_SPACING, x_T=None, generator=None, **kwargs):
-        """Sample ``batch_size`` square images; see :meth:`p_sample_loop` for the arguments and
-        the result."""
-        return self.p_sample_loop(model, (batch_size, channels, image_size, image_size), sampler=sampler,
-                                  steps=steps, eta=eta, timestep_spacing=timestep_spacing, x_T=x_T,
-                                  generator=generator, **kwargs)
+    def sample(self, model, image_size, batch_size=16, channels=3, sampler="ddpm", **kwargs):
+        """Sample ``batch_size`` square images of ``image_size`` with ``sampler`` (an object, e.g.
+        ``DDIMSampler(steps=50)``, or a name); see :meth:`p_sample_loop` for the other arguments
+        and the result."""
+        return self.p_sample_loop(model, (batch_size, channels, image_size, image_size), sampler=sampler, **kwargs)
 
 
 def _randn(shape, generator, device, dtype):

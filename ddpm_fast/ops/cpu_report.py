@@ -6,7 +6,7 @@ import subprocess
 
 import torch
 
-from . import ops
+from . import isa, loading, policy
 
 
 def processor_name():
@@ -36,14 +36,14 @@ def cpu_report():
     report = dict(
         processor=processor_name(),
         threads=torch.get_num_threads(),
-        ddpm_fast_isa=ops.cpu_isa(),
-        supported_isas=list(ops.supported_cpu_isas()),
+        ddpm_fast_isa=isa.cpu_isa(),
+        supported_isas=list(isa.supported_cpu_isas()),
         torch_isa=torch.backends.cpu.get_cpu_capability(),
-        intra_op_parallel=bool(ops.compiled_ops_loaded() and ops._C.intra_op_parallel),
-        ops=ops.cpu_op_choices(),
+        intra_op_parallel=bool(loading.compiled_ops_loaded() and loading._C.intra_op_parallel),
+        ops=policy.cpu_op_choices(),
     )
-    if not ops.compiled_ops_loaded():
-        report["load_error"] = ops.load_error()
+    if not loading.compiled_ops_loaded():
+        report["load_error"] = loading.load_error()
     return report
 
 

@@ -29,22 +29,6 @@ def q_sample(x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noi
     return a * x_start + b * noise
 
 
-def p_sample_update(x, eps, t, sqrt_recip_alphas, eps_coef, posterior_std, noise):
-    """One reverse step from the predicted noise (DDPM algorithm 2, line 4).
-
-    ``x_prev = sqrt(1/alpha_t) * (x - beta_t / sqrt(1 - abar_t) * eps) + sigma_t * noise``, where
-    ``eps_coef = beta / sqrt(1 - abar)`` and ``posterior_std = sigma``. ``posterior_std[0]`` is 0,
-    so no noise is added at t = 0 without any branch on ``t``.
-
-    x, eps, noise: (B, ...); t: (B,) int64 in [0, T); tables: (T,). Returns (B, ...).
-    """
-    n = x.dim()
-    c_mean = gather_timesteps(sqrt_recip_alphas, t, n).to(x.dtype)
-    c_eps = gather_timesteps(eps_coef, t, n).to(x.dtype)
-    c_noise = gather_timesteps(posterior_std, t, n).to(x.dtype)
-    return c_mean * (x - c_eps * eps) + c_noise * noise
-
-
 def apply_activation(x, act):
     """``act`` is one of ``ACTIVATIONS``: 'none', 'silu' or 'gelu' (exact, erf-based)."""
     if act == "silu":
@@ -109,7 +93,7 @@ def projected_linear_attention(x, w_qkv, heads, scale):
 
 
 def sampler_update(x, eps, prev_x0, noise, step, coefs):
-    """One step of any sampler of :mod:`ddpm_fast.samplers` (DDPM, DDIM, DPM-Solver++).
+    """One step of any sampler of :mod:`ddpm_fast.diffusion.samplers` (DDPM, DDIM, DPM-Solver++).
 
     With ``c = coefs[step[b]]`` for sample b (columns ``samplers.COEFFICIENTS``)::
 

@@ -1,0 +1,7 @@
+"""The model: the seed's U-Net (the blog's module names), the fused modules, and accelerate()."""
+
+from .accelerate import accelerate
+from .fused import FusedBlock, FusedGroupNorm, FusedLinearAttention
+from .unet import Unet
+
+__all__ = ["FusedBlock", "FusedGroupNorm", "FusedLinearAttention", "Unet", "accelerate"]
