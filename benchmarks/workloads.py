@@ -59,7 +59,7 @@ def compiled(model, impl):
 
 
 def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=None):
-    """The full reverse loop of the seed config with ``sampler`` in ``full_steps`` steps; on CPU a
+    """The full reverse loop of the blog's config with ``sampler`` in ``full_steps`` steps; on CPU a
     shorter loop of the same sampler (the same cost a step): DDPM on a shorter schedule, the
     few-step samplers in fewer steps of the same T = 200 schedule."""
     steps = full_steps if device.type == "cuda" else (4 if batch > 1 else 20)
@@ -95,7 +95,7 @@ def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=No
 
 
 def train_step(device, batch=128):
-    """Forward + backward + Adam on the seed config with the seed's huber loss."""
+    """Forward + backward + Adam on the blog's config with the blog's huber loss."""
     model, fused_model = _models(device)
     x = torch.randn(batch, 1, 28, 28, device=device)
     t = torch.randint(0, FULL_STEPS, (batch,), device=device)
@@ -187,7 +187,7 @@ def op_group_norm_act(device, backward):
 
 
 def op_linear_attention(device, backward):
-    # The seed U-Net's first LinearAttention: 4 heads of 32 over 28x28 positions.
+    # The blog U-Net's first LinearAttention: 4 heads of 32 over 28x28 positions.
     n = 64 if device.type == "cuda" else 16
     qkv = torch.randn(n, 3 * 128, 28, 28, device=device)
     group = "op-linear_attention-" + ("fwdbwd" if backward else "fwd")

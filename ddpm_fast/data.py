@@ -126,7 +126,7 @@ def load_labels(name="digits", data_dir=None):
 class ImageSet:
     """All images in memory: ``images: (N, 1, H, W)`` float32 in [-1, 1].
 
-    ``hflip`` says whether training flips images left-right with probability 1/2 (the seed's
+    ``hflip`` says whether training flips images left-right with probability 1/2 (the blog's
     RandomHorizontalFlip); the flips themselves are drawn by the training loop, with the
     diffusion noise, so that they do not depend on the number of processes.
     """
@@ -193,7 +193,7 @@ def load_dataset(name="digits", image_size=None, data_dir=None, hflip=None, down
             'fashion_mnist' (28x28; IDX files in ``data_dir`` first, else the Hugging Face
             cache; ``download`` lets ``datasets`` fetch it).
         image_size: side of the square images the model sees.
-        hflip: random horizontal flips; default on for Fashion-MNIST as in the seed, off for
+        hflip: random horizontal flips; default on for Fashion-MNIST as in the blog, off for
             digits (a mirrored 3 is not a 3).
     """
     if name == "digits":

@@ -1,4 +1,4 @@
-"""One DDPM sampling step of the seed U-Net at every batch size from 1 to 128: the reference,
+"""One DDPM sampling step of the blog's U-Net at every batch size from 1 to 128: the reference,
 ``torch.compile`` of the reference, the fused path (``accelerate()`` + fused update) and
 ``torch.compile`` of the fused path, median of interleaved runs in one process.
 
@@ -70,7 +70,7 @@ def main():
     models = {False: model, True: accelerate(copy.deepcopy(model))}
     print(f"{processor_name()}, {torch.get_num_threads()} threads; torch kernels at "
           f"{torch.backends.cpu.get_cpu_capability()}, ddpm_fast kernels at {ops.cpu_isa()}; "
-          f"seed config, one sampling step, median of {args.repeat}")
+          f"blog config, one sampling step, median of {args.repeat}")
     print("| batch | " + " | ".join(IMPLS) + " | fused / compile | best / compile |")
     print("|---:|" + "---:|" * (len(IMPLS) + 2))
     for batch in tqdm(batches, desc="batch sizes", leave=False):

@@ -1,4 +1,4 @@
-"""Reference against fused (accelerate() + fused ops) on the CPU, at the shapes of issue 10's
+"""Reference against fused (accelerate() + fused ops) on the CPU, at the shapes of the CPU ISA
 table and of the benchmark suite's op groups: median of interleaved runs in one process.
 
 Run it under scripts/at_cpu_isa.py to hold ddpm_fast's kernels and torch's to one level:
@@ -91,10 +91,10 @@ def rows():
     gn = lambda n: (torch.randn(n, 64, 28, 28), 8, torch.rand(64) + 0.5, torch.randn(64),  # noqa: E731
                     torch.randn(n, 64), torch.randn(n, 64), 1e-5, "silu")
     return [
-        ("train step, seed config, b128", "model", lambda: train_step_row(SEED, 28, 128)),
+        ("train step, blog config, b128", "model", lambda: train_step_row(SEED, 28, 128)),
         ("train step, README config (dim 16, 8x8), b128", "model", lambda: train_step_row(README, 8, 128)),
-        ("forward, seed config, b64", "model", lambda: forward_row(SEED, 28, 64)),
-        ("forward, seed config, b1", "model", lambda: forward_row(SEED, 28, 1)),
+        ("forward, blog config, b64", "model", lambda: forward_row(SEED, 28, 64)),
+        ("forward, blog config, b1", "model", lambda: forward_row(SEED, 28, 1)),
         ("projected_linear_attention, 64x28x28x28, 4 heads x 32", "attention",
          lambda: op_row(reference.projected_linear_attention, ops.projected_linear_attention, (x64(), w(), 4, 32 ** -0.5))),
         ("linear_attention core, 64x384x28x28", "attention",

@@ -1,4 +1,4 @@
-"""Time one U-Net forward of the seed config, reference against accelerated, side by side, and
+"""Time one U-Net forward of the blog's config, reference against accelerated, side by side, and
 optionally show where the time goes (torch.profiler, one row per op and input shape).
 
     python scripts/profile_forward.py --batch 64 --profile

@@ -4,7 +4,7 @@ with the pure-PyTorch reference and with the fused ops.
 Each combination is a short real run of ddpm_fast.train.train() (the loop the CLI runs) in a
 temporary folder; the figure is the median images/s of its metrics.csv rows after the first,
 which holds the warm-up. The data are the bundled digits, resized to --image-size: the cost of
-a step depends on the shapes only. Defaults are the seed's Fashion-MNIST configuration
+a step depends on the shapes only. Defaults are the blog's Fashion-MNIST configuration
 (28x28, dim 28, dim_mults 1,2,4, batch 128).
 
     python scripts/train_throughput.py --device cuda --out train-throughput.json

@@ -137,7 +137,7 @@ def test_accelerated_unet_matches_reference_and_compiles_reduce_overhead():
 
 
 def assert_graph_sampler_matches_eager(batch_size, autocast_dtype=None):
-    """The graphed and eager sampling loops of the seed U-Net draw the same distribution,
+    """The graphed and eager sampling loops of the blog's U-Net draw the same distribution,
     optionally both under autocast."""
     torch.manual_seed(0)
     model = accelerate(Unet(dim=28, channels=1, dim_mults=(1, 2, 4)).cuda().eval())

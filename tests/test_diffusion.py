@@ -1,9 +1,9 @@
-"""Schedules, q_sample, p_sample and the sampler against the seed and their closed forms."""
+"""Schedules, q_sample, p_sample and the sampler against the blog's code and their closed forms."""
 
 import pytest
 import torch
 
-import seed_code
+import blog_code
 from ddpm_fast import GaussianDiffusion, Unet
 from ddpm_fast.diffusion import schedules
 from ddpm_fast.ops import compiled_ops_loaded
@@ -33,12 +33,12 @@ def test_buffers_match_the_seed_and_follow_the_module():
     d = GaussianDiffusion(200, "linear")
     for name in ("betas", "alphas_cumprod", "sqrt_alphas_cumprod",
                  "sqrt_one_minus_alphas_cumprod", "posterior_variance"):
-        torch.testing.assert_close(getattr(d, name), getattr(seed_code, name), msg=name)
+        torch.testing.assert_close(getattr(d, name), getattr(blog_code, name), msg=name)
         assert getattr(d, name).dtype == torch.float32
     assert d.posterior_variance[0] == 0
-    # The DDPM update's table holds the seed's sqrt(1 / alpha) and the posterior's sigma_0 = 0.
+    # The DDPM update's table holds the blog's sqrt(1 / alpha) and the posterior's sigma_0 = 0.
     torch.testing.assert_close(d.ddpm.coefficients[-1, 3], torch.tensor(0.0, dtype=torch.float64))
-    torch.testing.assert_close(d.ddpm.coefficients[:, 0].flip(0).float(), seed_code.sqrt_recip_alphas)
+    torch.testing.assert_close(d.ddpm.coefficients[:, 0].flip(0).float(), blog_code.sqrt_recip_alphas)
     d = d.to(torch.device("meta"))
     assert d.betas.device.type == "meta"
 
@@ -57,9 +57,9 @@ def test_q_sample_closed_form_and_seed(fused):
     noise = torch.randn_like(x0)
     t = torch.tensor([0, 1, 100, 199])
     out = d.q_sample(x0, t, noise=noise)
-    ab = seed_code.alphas_cumprod[t].view(4, 1, 1, 1)
+    ab = blog_code.alphas_cumprod[t].view(4, 1, 1, 1)
     torch.testing.assert_close(out, ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
-    torch.testing.assert_close(out, seed_code.q_sample(x0, t, noise=noise))
+    torch.testing.assert_close(out, blog_code.q_sample(x0, t, noise=noise))
 
 
 @pytest.mark.parametrize("fused", FUSED)
@@ -73,11 +73,11 @@ def test_p_sample_closed_form_and_seed(fused):
         out = d.p_sample(model, x, t, step, noise=noise)
         with torch.no_grad():
             eps = model(x, t)
-        beta, ab = seed_code.betas[step], seed_code.alphas_cumprod[step]
+        beta, ab = blog_code.betas[step], blog_code.alphas_cumprod[step]
         mean = (x - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt()
-        expected = mean + seed_code.posterior_variance[step].sqrt() * noise
+        expected = mean + blog_code.posterior_variance[step].sqrt() * noise
         torch.testing.assert_close(out, expected)
-        torch.testing.assert_close(out, seed_code.p_sample(model, x, t, step, noise))
+        torch.testing.assert_close(out, blog_code.p_sample(model, x, t, step, noise))
     # At t = 0 the noise is dropped (the posterior's sigma_0 == 0), with no branch on t.
     t0 = torch.zeros(2, dtype=torch.long)
     torch.testing.assert_close(d.p_sample(model, x, t0, 0, noise=noise),

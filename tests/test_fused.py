@@ -1,11 +1,11 @@
-"""accelerate(): fused U-Nets (ours and the seed's own classes) against the reference."""
+"""accelerate(): fused U-Nets (ours and the blog's own classes) against the reference."""
 
 import copy
 
 import pytest
 import torch
 
-import seed_code
+import blog_code
 from ddpm_fast import GaussianDiffusion, Unet, ops
 from ddpm_fast.model import FusedBlock, FusedGroupNorm, FusedLinearAttention, accelerate
 
@@ -32,7 +32,7 @@ def count(model, cls):
     return sum(isinstance(m, cls) for m in model.modules())
 
 
-@pytest.mark.parametrize("unet_cls", [Unet, seed_code.Unet], ids=["ours", "seed-classes"])
+@pytest.mark.parametrize("unet_cls", [Unet, blog_code.Unet], ids=["ours", "seed-classes"])
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_unet_matches_reference(unet_cls, name, channels_last):
@@ -66,7 +66,7 @@ def test_accelerate_keeps_parameters_and_optimizer_state():
 
 
 def test_fused_block_applies_scale_shift():
-    block = seed_code.Block(8, 16, groups=4)
+    block = blog_code.Block(8, 16, groups=4)
     with torch.no_grad():
         block.norm.weight.uniform_(0.5, 1.5)
     fused = accelerate(copy.deepcopy(torch.nn.Sequential(block)), channels_last=False)[0]

@@ -213,7 +213,7 @@ def test_group_norm_act_bad_input():
 
 
 # Shapes that reach every path of the CPU kernel's blocked GEMM: d and H*W below, at and
-# past whole vectors and 4-row blocks, ragged and not (the seed's own 32 heads at 28x28 too).
+# past whole vectors and 4-row blocks, ragged and not (the blog's own 32 heads at 28x28 too).
 LINEAR_ATTENTION_SHAPES = [(2, 4, 8, 7, 7), (1, 4, 32, 4, 4), (0, 2, 8, 3, 3), (3, 1, 5, 2, 6),
                            (2, 2, 37, 6, 7), (1, 4, 32, 28, 28)]
 

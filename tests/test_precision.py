@@ -21,7 +21,7 @@ TINY = dict(image_size=8, dim=8, dim_mults=(1, 2), timesteps=10, device="cpu", n
 
 
 def loss_and_grads(model, diffusion, batch, dtype, device):
-    """The seed's training loss of ``model`` under autocast to ``dtype`` (float64: no autocast,
+    """The blog's training loss of ``model`` under autocast to ``dtype`` (float64: no autocast,
     the oracle), and its parameter gradients, all in float64."""
     x_start, t, noise = (v.to(device) for v in batch)
     denoise = model

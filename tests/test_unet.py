@@ -1,9 +1,9 @@
-"""The reference U-Net against the seed's code: same module tree, same weights, same output."""
+"""The reference U-Net against the blog's code: same module tree, same weights, same output."""
 
 import pytest
 import torch
 
-import seed_code
+import blog_code
 from ddpm_fast import Unet
 
 CONFIGS = {
@@ -20,7 +20,7 @@ def shapes(model):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_state_dict_matches_seed(name):
     torch.manual_seed(0)
-    assert shapes(Unet(**CONFIGS[name])) == shapes(seed_code.Unet(**CONFIGS[name]))
+    assert shapes(Unet(**CONFIGS[name])) == shapes(blog_code.Unet(**CONFIGS[name]))
 
 
 def test_state_dict_pinned_for_seed_config():
@@ -48,7 +48,7 @@ def test_state_dict_pinned_for_resnet_config():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_seed_weights_load_strictly_and_give_the_same_output(name):
     torch.manual_seed(0)
-    seed_model = seed_code.Unet(**CONFIGS[name]).eval()
+    seed_model = blog_code.Unet(**CONFIGS[name]).eval()
     ours = Unet(**CONFIGS[name]).eval()
     ours.load_state_dict(seed_model.state_dict(), strict=True)
     x = torch.randn(3, 1, 28, 28)

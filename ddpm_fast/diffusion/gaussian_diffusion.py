@@ -1,4 +1,4 @@
-"""Gaussian diffusion: the seed's schedule, forward noising, loss and sampling loop as one module.
+"""Gaussian diffusion: the blog's schedule, forward noising, loss and sampling loop as one module.
 
 The model is an argument of every method (as in improved-diffusion), so the same diffusion
 serves the reference U-Net, an accelerated one or a user's own. The samplers' maths (DDPM,
@@ -27,7 +27,7 @@ class GaussianDiffusion(nn.Module):
 
     Args:
         timesteps: number of diffusion steps T.
-        beta_schedule: 'linear' (the seed's choice), 'cosine', 'quadratic' or 'sigmoid'.
+        beta_schedule: 'linear' (the blog's choice), 'cosine', 'quadratic' or 'sigmoid'.
         fused: use the compiled q_sample / sampler_update kernels. ``None`` (default) uses them when
             the extension is loaded; ``False`` forces the pure-PyTorch reference; ``True``
             raises if the extension is not available.
@@ -119,7 +119,7 @@ class GaussianDiffusion(nn.Module):
         """One reverse step x_t -> x_{t-1}: ``x: (B, C, H, W)``, ``t: (B,)`` -> (B, C, H, W).
 
         The step is row T - 1 - t of the DDPM sampler's table, through ``sampler_update``.
-        ``t_index`` is the seed's Python copy of the timestep; it is checked but nothing
+        ``t_index`` is the blog's Python copy of the timestep; it is checked but nothing
         branches on it: at t = 0 the noise's coefficient is the posterior's sigma_0 == 0.
         """
         if not 0 <= int(t_index) < self.timesteps:
@@ -161,7 +161,7 @@ class GaussianDiffusion(nn.Module):
             cuda_graph: capture the whole loop as one CUDA graph and replay it (CUDA models only).
             sampler: a :class:`~ddpm_fast.diffusion.samplers.Sampler` object, e.g.
                 ``DDIMSampler(steps=50, eta=0.0)``; or the shorthand of its name: 'ddpm' (the
-                seed's ancestral sampler, all T steps; the default), 'ddim' or 'dpm-solver++'
+                blog's ancestral sampler, all T steps; the default), 'ddim' or 'dpm-solver++'
                 (the second-order multistep solver with data prediction).
             steps, eta, timestep_spacing: with a name only, the settings of the sampler it
                 builds (see :func:`~ddpm_fast.diffusion.samplers.make_sampler`): S model
@@ -175,7 +175,7 @@ class GaussianDiffusion(nn.Module):
                 the noise is copied over, as diffusers does.
 
         Returns a CPU tensor (S, B, C, H, W) of every step's images, ``[-1]`` being the final
-        samples, so ``samples[step][i]`` indexes like the seed's list; or only (B, C, H, W) with
+        samples, so ``samples[step][i]`` indexes like the blog's list; or only (B, C, H, W) with
         ``return_all_timesteps=False``. Images stay on the device until the loop ends: no step
         synchronises with the host (the step index and timestep are device tensors filled from
         host integers, and the tables were copied to the device once).

@@ -194,7 +194,7 @@ class Sampler:
 
 
 class DDPMSampler(Sampler):
-    """The seed's ancestral sampler (DDPM algorithm 2) over all T steps, T - 1 down to 0:
+    """The blog's ancestral sampler (DDPM algorithm 2) over all T steps, T - 1 down to 0:
     ``x_prev = (x - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t) + sigma_t * noise`` with
     the posterior's sigma_t (0 at t = 0). Every spacing gives the same grid of all T steps."""
 

@@ -1,4 +1,4 @@
-"""The seed's beta schedules. Each returns ``betas: (timesteps,)`` in float64.
+"""The blog's beta schedules. Each returns ``betas: (timesteps,)`` in float64.
 
 They are computed in float64 so that the derived quantities (cumulative products, square
 roots, posterior variance) lose nothing before :class:`~ddpm_fast.GaussianDiffusion` stores

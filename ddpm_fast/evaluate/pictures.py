@@ -1,4 +1,4 @@
-"""Pictures: sample grids, the denoising GIF and the seed's forward-noising figure."""
+"""Pictures: sample grids, the denoising GIF and the blog's forward-noising figure."""
 
 from pathlib import Path
 
@@ -77,7 +77,7 @@ def save_denoising_gif(steps, path, index=0, scale=None, frame_ms=40, hold_ms=15
 
 
 def plot_noising(diffusion, image, path, timesteps=(0, 50, 100, 150, 199), seed=0):
-    """The seed's figure: one image (C, H, W) in [-1, 1] noised by q_sample at each timestep."""
+    """The blog's figure: one image (C, H, W) in [-1, 1] noised by q_sample at each timestep."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -34,7 +34,7 @@ def evaluate(model, diffusion, measure, sampler, num=None, seeds=(0,), batch_siz
 
     Samples ``num`` images (default: ``measure.num_reference``, the size the noise floor is
     computed at) once per seed. Returns (result, images of the first seed): the result is a dict
-    ready for JSON with the sampler's settings, each seed's FD, their mean and standard
+    ready for JSON with the sampler's settings, each RNG seed's FD, their mean and standard
     deviation, the noise floor, the classifier's held-out accuracy and the median wall seconds
     of a batch of ``batch_size``.
     """

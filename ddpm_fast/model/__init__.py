@@ -1,4 +1,4 @@
-"""The model: the seed's U-Net (the blog's module names), the fused modules, and accelerate()."""
+"""The model: the blog's U-Net (the blog's module names), the fused modules, and accelerate()."""
 
 from .accelerate import accelerate
 from .fused import FusedBlock, FusedGroupNorm, FusedLinearAttention

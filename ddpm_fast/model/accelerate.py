@@ -16,7 +16,7 @@ def _child_names(module):
 
 
 def _is_block(m):
-    """The seed's Block: proj (Conv2d), norm (GroupNorm), act (SiLU), nothing else."""
+    """The blog's Block: proj (Conv2d), norm (GroupNorm), act (SiLU), nothing else."""
     return (
         _child_names(m) == {"proj", "norm", "act"}
         and isinstance(m.proj, nn.Conv2d)
@@ -26,7 +26,7 @@ def _is_block(m):
 
 
 def _is_linear_attention(m):
-    """The seed's LinearAttention: 1x1 to_qkv without bias, to_out = [1x1 Conv2d, GroupNorm]."""
+    """The blog's LinearAttention: 1x1 to_qkv without bias, to_out = [1x1 Conv2d, GroupNorm]."""
     if _child_names(m) != {"to_qkv", "to_out"} or not hasattr(m, "heads") or not hasattr(m, "scale"):
         return False
     qkv, out = m.to_qkv, m.to_out
@@ -69,7 +69,7 @@ def _swap(module):
 def accelerate(model, channels_last=None):
     """Swap the fused ops into a U-Net in place and return it.
 
-    Works on :class:`ddpm_fast.Unet` and on any U-Net with the seed's structure (a user's copy
+    Works on :class:`ddpm_fast.Unet` and on any U-Net with the blog's structure (a user's copy
     of the blog's classes): modules are matched by their children, not by class. The
     ``state_dict`` keys and the parameter tensors are unchanged.
 

@@ -1,7 +1,7 @@
 """The fused modules that :func:`ddpm_fast.model.accelerate.accelerate` swaps into a U-Net.
 
 The fused modules keep the parameter names of the modules they replace (``nn.GroupNorm``'s
-``weight``/``bias``, the seed's ``proj``/``norm``/``to_qkv``/``to_out``) and share their
+``weight``/``bias``, the blog's ``proj``/``norm``/``to_qkv``/``to_out``) and share their
 parameter tensors, so ``state_dict`` keys and optimizer state are untouched. Whatever a kernel
 does not cover runs the pure-PyTorch reference (see :mod:`ddpm_fast.ops.policy`).
 """
@@ -46,9 +46,9 @@ class FusedGroupNorm(nn.GroupNorm):
 
 
 class FusedBlock(nn.Module):
-    """The seed's ``Block`` (3x3 conv, GroupNorm, scale/shift, SiLU) with the norm, scale/shift
+    """The blog's ``Block`` (3x3 conv, GroupNorm, scale/shift, SiLU) with the norm, scale/shift
     and SiLU fused. Holds the original ``proj`` and a FusedGroupNorm sharing ``norm``'s weights.
-    ``act`` stays as a parameter-free module so the module tree keeps the seed's names.
+    ``act`` stays as a parameter-free module so the module tree keeps the blog's names.
 
     x: (B, dim, H, W) -> (B, dim_out, H, W).
     """
@@ -64,7 +64,7 @@ class FusedBlock(nn.Module):
 
 
 class FusedLinearAttention(nn.Module):
-    """The seed's ``LinearAttention`` with ``to_qkv`` and its core (two softmaxes, two
+    """The blog's ``LinearAttention`` with ``to_qkv`` and its core (two softmaxes, two
     contractions) in one op, ``to_out``'s 1x1 convolution as a GEMM and its GroupNorm fused.
 
     Keeps ``to_qkv`` (Conv2d, 1x1, no bias) and ``to_out`` (Sequential of a 1x1 Conv2d and a

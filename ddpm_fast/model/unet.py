@@ -1,4 +1,4 @@
-"""The seed's U-Net noise predictor, in pure PyTorch.
+"""The blog's U-Net noise predictor, in pure PyTorch.
 
 Class names, constructor arguments and module attribute names follow "The Annotated Diffusion
 Model" exactly, so a ``state_dict`` saved from the blog's code loads here with ``strict=True``
@@ -214,7 +214,7 @@ class PreNorm(nn.Module):
 
 
 class Unet(nn.Module):
-    """The seed's conditional U-Net: predicts the noise in ``x`` at timestep ``time``.
+    """The blog's conditional U-Net: predicts the noise in ``x`` at timestep ``time``.
 
     Args:
         dim: base channel count; stage ``i`` has ``dim * dim_mults[i]`` channels.
@@ -224,7 +224,7 @@ class Unet(nn.Module):
         channels: input image channels.
         with_time_emb: condition the blocks on a sinusoidal time embedding.
         resnet_block_groups: GroupNorm groups of the ResNet blocks (``use_convnext=False``).
-        use_convnext: ConvNeXt blocks (the seed's default) instead of ResNet blocks.
+        use_convnext: ConvNeXt blocks (the blog's default) instead of ResNet blocks.
         convnext_mult: channel expansion inside a ConvNeXt block.
 
     Shapes: ``x: (B, channels, H, W)``, ``time: (B,)`` integer or float timesteps ->

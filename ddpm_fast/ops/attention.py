@@ -28,7 +28,7 @@ def linear_attention(qkv, heads, scale):
 
 
 def projected_linear_attention(x, w_qkv, heads, scale):
-    """``linear_attention(conv1x1(x, w_qkv), heads, scale)``, the seed's ``to_qkv`` and core;
+    """``linear_attention(conv1x1(x, w_qkv), heads, scale)``, the blog's ``to_qkv`` and core;
     see :func:`reference.projected_linear_attention`.
 
     On the CPU one kernel projects each (sample, head) in cache, so the qkv tensor (three

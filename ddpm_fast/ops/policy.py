@@ -31,15 +31,15 @@ CPU_RULES = (
          "GEMMs below 16x16: 0.72-0.90x at 7x7 at AVX2 and AVX-512, at 14x14 0.91-1.02x with 56 "
          "channels at AVX2 and 0.81-0.87x at baseline (1.1-1.2x with 28 channels at AVX2/AVX-512); "
          "at baseline the core's forward+backward ran 0.70-0.74x at 16x384x28x28 "
-         "(scripts/seed_op_shapes.py, scripts/cpu_isa_table.py)"),
+         "(scripts/blog_op_shapes.py, scripts/cpu_isa_table.py)"),
     Rule("projected_linear_attention", "as linear_attention when training; and below "
          "CPU_PROJECTED_ATTENTION_MIN_PIXELS pixels the projection runs as a GEMM before the "
          "fused core",
          "projecting inside the kernel pays off from 14x14 on (1.5-1.9x); at 7x7 it is "
          "0.94-0.98x, where a GEMM projection before the fused core is 1.05x "
-         "(scripts/seed_op_shapes.py)"),
+         "(scripts/blog_op_shapes.py)"),
     Rule("accelerate() layout", "NCHW instead of channels_last at torch's baseline level",
-         "the seed U-Net's batch-64 forward is faster channels_last at AVX2 and AVX-512 (331 "
+         "the blog's U-Net's batch-64 forward is faster channels_last at AVX2 and AVX-512 (331 "
          "against 387 ms, 311 against 370 ms) and slower at baseline x86-64 (905 against 794 ms) "
          "(scripts/at_cpu_isa.py)"),
 )

@@ -13,7 +13,7 @@ ACTIVATIONS = ("none", "silu", "gelu")
 def gather_timesteps(table, t, ndim):
     """``table[t]`` shaped to broadcast over a ``ndim``-D batch: (T,), (B,) -> (B, 1, ..., 1).
 
-    This replaces the seed's ``extract``, which moved ``t`` to the CPU (a device sync) at every
+    This replaces the blog's ``extract``, which moved ``t`` to the CPU (a device sync) at every
     call; here ``t`` stays where it is.
     """
     return table.gather(0, t).reshape(t.shape[0], *((1,) * (ndim - 1)))
@@ -67,7 +67,7 @@ def group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act):
 
 
 def linear_attention(qkv, heads, scale):
-    """The core of the seed's ``LinearAttention``, between ``to_qkv`` and ``to_out``.
+    """The core of the blog's ``LinearAttention``, between ``to_qkv`` and ``to_out``.
 
     qkv: (B, 3 * heads * dim_head, H, W), the ``to_qkv`` output, split into q, k, v along
     channels. q is softmaxed over its dim_head channels and multiplied by ``scale``, k is
@@ -85,7 +85,7 @@ def linear_attention(qkv, heads, scale):
 
 
 def projected_linear_attention(x, w_qkv, heads, scale):
-    """The seed's ``to_qkv`` (a 1x1 convolution without bias) followed by
+    """The blog's ``to_qkv`` (a 1x1 convolution without bias) followed by
     :func:`linear_attention`. x: (B, C, H, W); w_qkv: (3 * heads * dim_head, C, 1, 1).
     Returns (B, heads * dim_head, H, W).
     """

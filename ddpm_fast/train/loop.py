@@ -1,4 +1,4 @@
-"""Training, as in the seed (Adam, lr 1e-3, loss logged every 100 steps, a sample grid every
+"""Training, as in the blog (Adam, lr 1e-3, loss logged every 100 steps, a sample grid every
 ``save_and_sample_every`` steps), plus what a real run needs: a progress bar, atomic
 checkpoints with resume, optional EMA weights, a seed, automatic device choice, several
 processes under ``torchrun`` (DistributedDataParallel), mixed precision, ``torch.compile``,
@@ -135,7 +135,7 @@ def _train(config, ctx, resume, progress):
     if config.accelerate:
         from ..model import accelerate
 
-        accelerate(model)  # in place; the state_dict keys stay the seed's
+        accelerate(model)  # in place; the state_dict keys stay the blog's
     # --no-accelerate trains the pure-PyTorch reference: the diffusion's q_sample too.
     diffusion = GaussianDiffusion(config.timesteps, config.beta_schedule,
                                   fused=None if config.accelerate else False).to(device)

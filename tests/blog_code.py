@@ -1,4 +1,4 @@
-"""The seed's code ("The Annotated Diffusion Model"), restored from the scraped page: class names
+"""The blog's code ("The Annotated Diffusion Model"), restored from the scraped page: class names
 get their capitals back and the pasted advertising text is removed. Nothing else is changed;
 it is the oracle that ddpm_fast's reference must match, and a user's copy of the blog code
 that accelerate() must recognise by structure.
@@ -248,7 +248,7 @@ class Unet(nn.Module):
         return self.final_conv(x)
 
 
-# The seed's diffusion maths, with its module-level schedule.
+# The blog's diffusion maths, with its module-level schedule.
 timesteps = 200
 betas = torch.linspace(0.0001, 0.02, timesteps)
 alphas = 1.0 - betas
@@ -276,7 +276,7 @@ def q_sample(x_start, t, noise=None):
 
 @torch.no_grad()
 def p_sample(model, x, t, t_index, noise):
-    # The seed draws noise inside; here it is an argument so the comparison is exact.
+    # The blog's code draws noise inside; here it is an argument so the comparison is exact.
     betas_t = extract(betas, t, x.shape)
     sqrt_one_minus_alphas_cumprod_t = extract(sqrt_one_minus_alphas_cumprod, t, x.shape)
     sqrt_recip_alphas_t = extract(sqrt_recip_alphas, t, x.shape)

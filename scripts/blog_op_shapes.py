@@ -1,9 +1,9 @@
-"""Every fused op call of the seed U-Net (accelerated), at its own shapes: fused against the
+"""Every fused op call of the blog's U-Net (accelerated), at its own shapes: fused against the
 reference, forward and forward+backward, median of interleaved runs in one process.
 
-    python scripts/at_cpu_isa.py avx2 -- python scripts/seed_op_shapes.py --batch 64
+    python scripts/at_cpu_isa.py avx2 -- python scripts/blog_op_shapes.py --batch 64
 
-The calls are recorded from one training step of the accelerated seed config (dim 28, 28x28,
+The calls are recorded from one training step of the accelerated blog config (dim 28, 28x28,
 dim_mults 1,2,4), deduplicated by op, shapes, layout and arguments. A ratio below 1 is a shape
 at which accelerate() would make that op slower than the reference.
 """
@@ -87,7 +87,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
     print(f"{processor_name()}, {torch.get_num_threads()} threads; torch kernels at "
-          f"{torch.backends.cpu.get_cpu_capability()}, ddpm_fast kernels at {ops.cpu_isa()}; seed config, batch {args.batch}")
+          f"{torch.backends.cpu.get_cpu_capability()}, ddpm_fast kernels at {ops.cpu_isa()}; blog config, batch {args.batch}")
     print("| op call | pass | reference | fused | reference / fused |")
     print("|---|---|---:|---:|---:|")
     for name, call_args in record_calls(args.batch):
