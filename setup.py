@@ -66,7 +66,7 @@ CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-math-errno", "-fno-trap
 
 
 def cpu_extension():
-    sources = relative("csrc/ops.cpp") + relative("csrc/cpu/*.cpp")
+    sources = relative("csrc/module.cpp") + relative("csrc/cpu/*.cpp")
     return CppExtension("ddpm_fast._C", sources, extra_compile_args={"cxx": CXX_FLAGS}, py_limited_api=True)
 
 

@@ -20,23 +20,33 @@ inline void check_same_layout(const char* op, const Tensor& ref, const Tensor& o
               "'s device ", device_string(ref), ", got ", device_string(other));
 }
 
-// Whether sample b of x owns the flat range [b * per_sample, (b + 1) * per_sample) of its
-// storage: x is dense and its batch dimension is the outermost, as in NCHW and channels_last
-// (a dense tensor with the batch transposed inward is not).
-inline bool is_batch_major_dense(const Tensor& x) {
-  if (!is_non_overlapping_and_dense(x)) return false;
-  return x.size(0) <= 1 || x.stride(0) * x.size(0) == x.numel();
-}
-
-// Whether the per-sample kernels may read x and `other` in place: both batch-major dense, with
-// the same layout, so that element i of one sample is element i of the other.
-inline bool shares_dense_layout(const Tensor& x, const Tensor& other) {
-  return same_values(other.strides(), x.strides()) && is_batch_major_dense(x);
-}
-
 // True when x is channels_last and not also plainly contiguous (C = 1 or H = W = 1 are both).
 inline bool is_channels_last_only(const Tensor& x) {
   return !x.is_contiguous() && is_channels_last_contiguous(x);
+}
+
+// The one per-sample layout rule, of every per-sample kernel (q_sample and sampler_update, CPU
+// and CUDA). They read sample b as the flat range [b * per_sample, (b + 1) * per_sample) of every
+// input and output, which holds for contiguous (NCHW) and channels_last tensors, both with the
+// batch outermost. So they compute, and return, channels_last when x is channels_last and not
+// also contiguous (is_channels_last_only) and every present input in `others` (nullptr: absent)
+// has exactly x's strides; contiguous otherwise (views, mixed layouts, a dense tensor whose batch
+// dimension is not outermost), copying the inputs that are not already so. Python's twin, for
+// the fake kernels: per_sample_format in ddpm_fast/ops/layout.py.
+inline MemoryFormat per_sample_format(const Tensor& x, std::initializer_list<const Tensor*> others) {
+  if (!is_channels_last_only(x)) return MemoryFormat::Contiguous;
+  for (const Tensor* other : others) {
+    if (other != nullptr && !same_values(other->strides(), x.strides())) return MemoryFormat::Contiguous;
+  }
+  return MemoryFormat::ChannelsLast;
+}
+
+// The tensor of an optional input, or nullptr when absent (for per_sample_format).
+inline const Tensor* present(const std::optional<Tensor>& t) { return t.has_value() ? &*t : nullptr; }
+
+// An optional input in `format` (see as_contiguous), or nullopt.
+inline std::optional<Tensor> in_format(const std::optional<Tensor>& t, MemoryFormat format) {
+  return t.has_value() ? std::optional<Tensor>(as_contiguous(*t, format)) : std::nullopt;
 }
 
 inline void check_timesteps(const char* op, const Tensor& x, const Tensor& t,

@@ -1,4 +1,4 @@
-// Every op schema of ddpm_fast, defined once. ops.cpp defines them in the ddpm_fast library; the
+// Every op schema of ddpm_fast, defined once. module.cpp defines them in the ddpm_fast library; the
 // CUDA emulation of the tests defines the same schemas in its own library, so that the real CUDA
 // binding runs there unchanged.
 #pragma once
@@ -11,10 +11,6 @@ inline void define_op_schemas(torch::stable::detail::StableLibrary& m) {
   m.def(
       "q_sample(Tensor x_start, Tensor t, Tensor sqrt_alphas_cumprod, "
       "Tensor sqrt_one_minus_alphas_cumprod, Tensor noise) -> Tensor");
-  // x_prev = sqrt_recip_alphas[t] * (x - eps_coef[t] * eps) + posterior_std[t] * noise
-  m.def(
-      "p_sample_update(Tensor x, Tensor eps, Tensor t, Tensor sqrt_recip_alphas, "
-      "Tensor eps_coef, Tensor posterior_std, Tensor noise) -> Tensor");
   // act(GroupNorm(x) * weight + bias) * (scale + 1) + shift); returns (y, mean, rstd) with
   // mean and rstd of shape (N, num_groups) in the accumulation type, saved for backward.
   m.def(
@@ -37,8 +33,8 @@ inline void define_op_schemas(torch::stable::detail::StableLibrary& m) {
   m.def(
       "projected_linear_attention_backward(Tensor grad_out, Tensor x, Tensor w_qkv, int heads, "
       "float scale) -> Tensor");
-  // One step of any sampler (DDPM, DDIM, DPM-Solver++; ddpm_fast/samplers.py). For sample b and
-  // its coefficient row c = coefs[step[b]] of shape (6,):
+  // One step of any sampler (DDPM, DDIM, DPM-Solver++; ddpm_fast/diffusion/samplers.py). For
+  // sample b and its coefficient row c = coefs[step[b]] of shape (6,):
   //   x0 = c[4] * x + c[5] * eps;  out = c[0] * x + c[1] * eps + c[2] * prev_x0 + c[3] * noise
   // An absent prev_x0 or noise drops its term. Returns (out, x0), both shaped as x.
   m.def(

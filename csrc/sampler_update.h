@@ -1,11 +1,12 @@
-// sampler_update's argument checks and layout rule, shared by its CPU and CUDA bindings.
+// sampler_update's argument checks, shared by its CPU and CUDA bindings (its layout rule is
+// per_sample_format, in checks.h).
 #pragma once
 #include "checks.h"
 
 namespace ddpm_fast {
 
 // Columns of a coefficient row: x_next = c[0] x + c[1] eps + c[2] prev_x0 + c[3] noise and
-// x0 = c[4] x + c[5] eps (ddpm_fast/samplers.py, COEFFICIENTS).
+// x0 = c[4] x + c[5] eps (ddpm_fast/diffusion/samplers.py, COEFFICIENTS).
 constexpr int64_t kSamplerCoefficients = 6;
 
 inline void check_sampler_update_args(const Tensor& x, const Tensor& eps,
@@ -29,25 +30,6 @@ inline void check_sampler_update_args(const Tensor& x, const Tensor& eps,
              device_string(coefs));
   DDPM_CHECK(coefs.scalar_type() == ScalarType::Float || coefs.scalar_type() == x.scalar_type(),
               "sampler_update: coefs must be float32 or ", x.scalar_type(), ", got ", coefs.scalar_type());
-}
-
-// The kernels read sample b as the flat range [b * per_sample, (b + 1) * per_sample) of every
-// tensor. That holds for channels_last (batch outermost) when all inputs share x's strides, and
-// for contiguous tensors; anything else (views, mixed layouts, a dense tensor whose batch
-// dimension is not outermost) is copied to contiguous. ops.py's fake kernel follows this rule.
-inline MemoryFormat sampler_update_format(const Tensor& x, const Tensor& eps,
-                                              const std::optional<Tensor>& prev_x0,
-                                              const std::optional<Tensor>& noise) {
-  bool shared = same_values(eps.strides(), x.strides());
-  for (const auto* other : {&prev_x0, &noise}) {
-    if (other->has_value()) shared = shared && same_values((*other)->strides(), x.strides());
-  }
-  return x.dim() == 4 && shared && is_channels_last_only(x) ? MemoryFormat::ChannelsLast
-                                                             : MemoryFormat::Contiguous;
-}
-
-inline std::optional<Tensor> in_format(const std::optional<Tensor>& t, MemoryFormat format) {
-  return t.has_value() ? std::optional<Tensor>(as_contiguous(*t, format)) : std::nullopt;
 }
 
 }  // namespace ddpm_fast

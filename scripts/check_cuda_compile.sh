@@ -24,7 +24,7 @@ done
 
 # The binding is plain C++ against torch's stable ABI (no ATen/cuda header), so g++ checks it here
 # too, for the torch version the build targets.
-target=$(sed -n 's/^TORCH_TARGET_VERSION = "\(.*\)"$/\1/p' ddpm_fast/cuda_build.py)
+target=$(sed -n 's/^TORCH_TARGET_VERSION = "\(.*\)"$/\1/p' tools/cuda_build.py)
 includes=$(python -c "
 import sysconfig
 from torch.utils.cpp_extension import include_paths

@@ -56,7 +56,7 @@ step tests "${GPU_ROUND_TESTS_LIMIT:-600}" python -m pytest tests -q -rs --junit
 
 # 3. compute-sanitizer over the op parity tests of tests/test_cuda.py (not the whole-model ones).
 # Torch's caching allocator would hide out-of-bounds accesses inside its blocks: it is off here.
-ops_tests="group_norm or linear_attention or elementwise or opcheck"
+ops_tests="group_norm or linear_attention or elementwise or sampler_update or opcheck"
 for tool in memcheck racecheck initcheck synccheck; do
   step "sanitizer-$tool" "${GPU_ROUND_SANITIZER_LIMIT:-300}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 50 \

@@ -78,7 +78,7 @@ std::tuple<Tensor, Tensor> sampler_update_cpu(const Tensor& x_in, const Tensor& 
                                               const Tensor& coefs) {
   check_sampler_update_args(x_in, eps_in, prev_in, noise_in, step, coefs);
   check_range("sampler_update", "step", step, coefs.size(0));
-  const auto format = sampler_update_format(x_in, eps_in, prev_in, noise_in);
+  const auto format = per_sample_format(x_in, {&eps_in, present(prev_in), present(noise_in)});
   const Tensor x = as_contiguous(x_in, format), eps = as_contiguous(eps_in, format);
   const auto prev = in_format(prev_in, format), noise = in_format(noise_in, format);
   Tensor out = empty(x.sizes(), x, x.scalar_type(), format);

@@ -71,56 +71,29 @@ const void* table_ptr(const Tensor& table, const Tensor& x, std::vector<Tensor>&
   return keep.back().const_data_ptr();
 }
 
-Tensor per_sample_update(const char* op, bool p_sample, const Tensor& x_in, const Tensor& y_in,
-                         const Tensor* z_in, const Tensor& t, std::initializer_list<const Tensor*> tables) {
-  const CudaDeviceGuard guard(x_in);
-  Tensor x = x_in, y = y_in;
-  std::optional<Tensor> z;
-  if (z_in) z = *z_in;
-  if (!shares_dense_layout(x, y) || (z && !shares_dense_layout(x, *z))) {
-    x = as_contiguous(x);
-    y = as_contiguous(y);
-    if (z) z = as_contiguous(*z);
-  }
-  Tensor out = st::empty_like(x);
+Tensor q_sample_cuda(const Tensor& x_start_in, const Tensor& t_in, const Tensor& sqrt_alphas_cumprod,
+                     const Tensor& sqrt_one_minus_alphas_cumprod, const Tensor& noise_in) {
+  check_same_layout("q_sample", x_start_in, noise_in, "x_start", "noise");
+  check_timesteps("q_sample", x_start_in, t_in, {&sqrt_alphas_cumprod, &sqrt_one_minus_alphas_cumprod});
+  const CudaDeviceGuard guard(x_start_in);
+  const auto format = per_sample_format(x_start_in, {&noise_in});
+  const Tensor x_start = as_contiguous(x_start_in, format), noise = as_contiguous(noise_in, format);
+  Tensor out = empty(x_start.sizes(), x_start, x_start.scalar_type(), format);
   std::vector<Tensor> keep;
-  const Tensor tc = as_contiguous(t);
-  cuda::PerSampleUpdateParams p{};
-  p.x = x.const_data_ptr();
-  p.y = y.const_data_ptr();
-  p.z = z ? z->const_data_ptr() : nullptr;
+  const Tensor t = as_contiguous(t_in);
+  cuda::QSampleParams p{};
+  p.x_start = x_start.const_data_ptr();
+  p.noise = noise.const_data_ptr();
   p.out = out.mutable_data_ptr();
-  p.t = tc.const_data_ptr<int64_t>();
-  auto it = tables.begin();
-  p.A = table_ptr(**it++, x, keep);
-  p.B = table_ptr(**it++, x, keep);
-  p.C = p_sample ? table_ptr(**it, x, keep) : nullptr;
-  p.batch = x.size(0);
-  p.per_sample = p.batch ? x.numel() / p.batch : 0;
-  p.timesteps = (*tables.begin())->numel();
-  p.dtype = dtype_of(op, x);
-  void* stream = current_stream(x);
-  check_launch(op, p_sample ? cuda::launch_p_sample_update(p, stream) : cuda::launch_q_sample(p, stream));
+  p.t = t.const_data_ptr<int64_t>();
+  p.sqrt_alphas_cumprod = table_ptr(sqrt_alphas_cumprod, x_start, keep);
+  p.sqrt_one_minus_alphas_cumprod = table_ptr(sqrt_one_minus_alphas_cumprod, x_start, keep);
+  p.batch = x_start.size(0);
+  p.per_sample = p.batch ? x_start.numel() / p.batch : 0;
+  p.timesteps = sqrt_alphas_cumprod.numel();
+  p.dtype = dtype_of("q_sample", x_start);
+  check_launch("q_sample", cuda::launch_q_sample(p, current_stream(x_start)));
   return out;
-}
-
-Tensor q_sample_cuda(const Tensor& x_start, const Tensor& t,
-                     const Tensor& sqrt_alphas_cumprod,
-                     const Tensor& sqrt_one_minus_alphas_cumprod, const Tensor& noise) {
-  check_same_layout("q_sample", x_start, noise, "x_start", "noise");
-  check_timesteps("q_sample", x_start, t, {&sqrt_alphas_cumprod, &sqrt_one_minus_alphas_cumprod});
-  return per_sample_update("q_sample", false, x_start, noise, nullptr, t,
-                           {&sqrt_alphas_cumprod, &sqrt_one_minus_alphas_cumprod});
-}
-
-Tensor p_sample_update_cuda(const Tensor& x, const Tensor& eps, const Tensor& t,
-                            const Tensor& sqrt_recip_alphas, const Tensor& eps_coef,
-                            const Tensor& posterior_std, const Tensor& noise) {
-  check_same_layout("p_sample_update", x, eps, "x", "eps");
-  check_same_layout("p_sample_update", x, noise, "x", "noise");
-  check_timesteps("p_sample_update", x, t, {&sqrt_recip_alphas, &eps_coef, &posterior_std});
-  return per_sample_update("p_sample_update", true, x, eps, &noise, t,
-                           {&sqrt_recip_alphas, &eps_coef, &posterior_std});
 }
 
 const void* ptr_or_null(const std::optional<Tensor>& t) {
@@ -277,7 +250,7 @@ std::tuple<Tensor, Tensor> sampler_update_cuda(const Tensor& x_in, const Tensor&
                                                const Tensor& step_in, const Tensor& coefs_in) {
   check_sampler_update_args(x_in, eps_in, prev_in, noise_in, step_in, coefs_in);
   const CudaDeviceGuard guard(x_in);
-  const auto format = sampler_update_format(x_in, eps_in, prev_in, noise_in);
+  const auto format = per_sample_format(x_in, {&eps_in, present(prev_in), present(noise_in)});
   const Tensor x = as_contiguous(x_in, format), eps = as_contiguous(eps_in, format);
   const auto prev = in_format(prev_in, format), noise = in_format(noise_in, format);
   const Tensor step = as_contiguous(step_in);
@@ -312,7 +285,6 @@ std::tuple<Tensor, Tensor> sampler_update_cuda(const Tensor& x_in, const Tensor&
 
 STABLE_TORCH_LIBRARY_IMPL(DDPM_FAST_CUDA_LIBRARY, DDPM_FAST_CUDA_DISPATCH_KEY, m) {
   m.impl("q_sample", TORCH_BOX(&q_sample_cuda));
-  m.impl("p_sample_update", TORCH_BOX(&p_sample_update_cuda));
   m.impl("group_norm_act", TORCH_BOX(&group_norm_act_cuda));
   m.impl("group_norm_act_backward", TORCH_BOX(&group_norm_act_backward_cuda));
   m.impl("linear_attention", TORCH_BOX(&linear_attention_cuda));

@@ -1,8 +1,9 @@
 // The interface between the torch binding (bindings.cpp, compiled by the C++ compiler) and the
 // CUDA kernels (*.cu, compiled by nvcc). It holds plain structs and function declarations only,
-// so the .cu files include no torch header and compile with nvcc alone (see DESIGN.md: torch's
-// ATen/cuda headers do not compile against a CPU-only torch). Every launcher enqueues its
-// kernels on `stream` and returns nullptr on success, or the CUDA error string of the launch.
+// so the .cu files include no torch header and compile with nvcc alone: torch's ATen/cuda headers
+// do not compile against a CPU-only torch, and CI (which has no GPU) compiles the .cu files next
+// to one. Every launcher enqueues its kernels on `stream` and returns nullptr on success, or the
+// CUDA error string of the launch.
 #pragma once
 #include <cstdint>
 
@@ -13,26 +14,22 @@ namespace cuda {
 // types (fp64 for fp64).
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-// The two per-sample updates of DDPM, for element i of sample b and s = t[b]:
-//   q_sample:        out[i] = A[s] * x[i] + B[s] * y[i]               (x_start, noise)
-//   p_sample_update: out[i] = A[s] * (x[i] - B[s] * y[i]) + C[s] * z[i] (x, eps, noise)
-struct PerSampleUpdateParams {
-  const void* x;        // (B, per_sample) in `dtype`, dense and batch-major (NCHW or NHWC)
-  const void* y;        // same layout as x
-  const void* z;        // same layout as x (p_sample_update only)
-  void* out;            // same layout as x
-  const int64_t* t;     // (B,) timesteps; an out-of-range t yields NaN rows (no host sync)
-  const void* A;        // (T,) coefficient tables in the accumulation type: fp64 for fp64, else fp32
-  const void* B;        // (T,)
-  const void* C;        // (T,) (p_sample_update only)
+// q_sample, DDPM's forward noising. For element i of sample b and s = t[b]:
+//   out[i] = sqrt_alphas_cumprod[s] * x_start[i] + sqrt_one_minus_alphas_cumprod[s] * noise[i]
+struct QSampleParams {
+  const void* x_start;  // (B, per_sample) in `dtype`, sample b at b * per_sample (NCHW or NHWC)
+  const void* noise;    // same layout as x_start
+  void* out;            // same layout as x_start
+  const int64_t* t;     // (B,) timesteps; an out-of-range t yields NaN samples (no host sync)
+  const void* sqrt_alphas_cumprod;            // (T,) in the accumulation type: fp64 for fp64, else fp32
+  const void* sqrt_one_minus_alphas_cumprod;  // (T,) likewise
   int64_t batch;        // B
   int64_t per_sample;   // elements of one sample
   int64_t timesteps;    // T
-  DType dtype;
+  DType dtype;          // element type of x_start, noise and out
 };
 
-const char* launch_q_sample(const PerSampleUpdateParams& p, void* stream);
-const char* launch_p_sample_update(const PerSampleUpdateParams& p, void* stream);
+const char* launch_q_sample(const QSampleParams& p, void* stream);
 
 // GroupNorm + scale/shift + activation. Shapes (N, C, H, W); channels_last when nhwc.
 struct GroupNormActParams {
@@ -82,7 +79,7 @@ struct LinearAttentionParams {
 };
 
 // Largest dim_head the kernels hold in registers and shared memory: 64, or 32 in fp64. Larger
-// heads run the reference (ddpm_fast/ops.py routes them there).
+// heads run the reference (ddpm_fast/ops/attention.py routes them there).
 inline int64_t max_head_dim(DType dtype) { return dtype == DType::kFloat64 ? 32 : 64; }
 
 const char* launch_linear_attention_forward(const LinearAttentionParams& p, void* stream);
@@ -93,7 +90,7 @@ const char* launch_linear_attention_backward(const LinearAttentionParams& p, voi
 //   x0[i]  = c[4] * x[i] + c[5] * eps[i]
 //   out[i] = c[0] * x[i] + c[1] * eps[i] + c[2] * prev_x0[i] + c[3] * noise[i]
 struct SamplerUpdateParams {
-  const void* x;        // (B, per_sample) in `dtype`, dense and batch-major (NCHW or NHWC)
+  const void* x;        // (B, per_sample) in `dtype`, sample b at b * per_sample (NCHW or NHWC)
   const void* eps;      // same layout as x: the model's predicted noise
   const void* prev_x0;  // same layout as x, or nullptr (term dropped): the previous step's x0
   const void* noise;    // same layout as x, or nullptr (term dropped): fresh Gaussian noise

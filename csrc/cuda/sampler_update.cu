@@ -1,6 +1,6 @@
 // CUDA kernel of sampler_update, the one update step shared by the DDPM, DDIM and DPM-Solver++
 // samplers: per sample, two affine combinations of up to four inputs. Memory bound.
-// Parallelisation: as diffusion_update.cu, grid_row() = sample (so its step and six coefficients
+// Parallelisation: as q_sample.cu, grid_row() = sample (so its step and six coefficients
 // are read once per block), blockIdx.x = tiles of kThreads * kVec elements of that sample, grid-
 // strided; element k * kThreads + threadIdx.x of a tile keeps warp accesses coalesced.
 #include "common.cuh"

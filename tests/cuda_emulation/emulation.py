@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ddpm_fast import cuda_build, ops
+import cuda_build
+
+from ddpm_fast import ops
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

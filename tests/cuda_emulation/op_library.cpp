@@ -1,6 +1,6 @@
 // What the real CUDA binding (csrc/cuda/bindings.cpp, built here for CPU tensors) needs around
 // it: the op library it registers into, ddpm_fast_emulated, with the very schemas of ddpm_fast
-// (on the stable ABI, as in csrc/ops.cpp); and torch's C-shim call that gives it the current
+// (on the stable ABI, as in csrc/module.cpp); and torch's C-shim call that gives it the current
 // CUDA stream.
 #include <torch/csrc/stable/library.h>
 

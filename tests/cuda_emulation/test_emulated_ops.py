@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import emulation
-from ddpm_fast import GaussianDiffusion, reference
-from ddpm_fast.testing import assert_half_precision_rule
+from half_precision import assert_half_precision_rule
+
+from ddpm_fast import GaussianDiffusion
+from ddpm_fast.ops import reference
 
 DIFFUSION = GaussianDiffusion(200, fused=False)
 Q_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
-P_TABLES = ("sqrt_recip_alphas", "eps_coef", "posterior_std")
 
 
 @pytest.fixture
@@ -48,85 +49,88 @@ def launched(name_part):
     return [(grid, block) for name, grid, block in emulation.take_launches() if name_part in name]
 
 
-# ---------------------------------------------------------------- q_sample / p_sample_update
+# ---------------------------------------------------------------- the per-sample layout rule
 
 
-def update_args(op, x, t, noise_like=None):
-    tables = [getattr(DIFFUSION, n).to(x.dtype if x.dtype == torch.float64 else torch.float32)
-              for n in (Q_TABLES if op == "q_sample" else P_TABLES)]
-    n1, n2 = torch.randn_like(x), torch.randn_like(x)
-    if op == "q_sample":
-        return [x, t, *tables, n1]
-    return [x, n1, t, *tables, n2]
+def in_layout(t, layout):
+    """The 4-D tensor t (values unchanged) in `layout`: "nchw", "channels_last", "strided" (a view
+    with a gap after every row) or "batch_not_outermost" (dense, but sample b is no contiguous
+    slab: the kernels must not mix samples)."""
+    if layout == "nchw":
+        return t.contiguous()
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        return torch.cat([t, t], dim=-1)[..., :t.shape[-1]]
+    assert layout == "batch_not_outermost"
+    return t.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)
 
 
-def run_update(E, op, args):
-    return getattr(E, op)(*args)
+# (layout of x, layout of the other tensor inputs, memory format of the outputs): channels_last
+# only when x is channels_last and every other input has x's strides, else contiguous.
+LAYOUT_CASES = [
+    ("nchw", "nchw", torch.contiguous_format),
+    ("channels_last", "channels_last", torch.channels_last),
+    ("strided", "strided", torch.contiguous_format),
+    ("batch_not_outermost", "batch_not_outermost", torch.contiguous_format),
+    ("channels_last", "nchw", torch.contiguous_format),
+    ("nchw", "channels_last", torch.contiguous_format),
+]
+LAYOUT_IDS = [f"x_{x}-others_{o}" for x, o, _ in LAYOUT_CASES]
 
 
-def reference_update(op, args):
-    return getattr(reference, op)(*args)
+def assert_format(t, memory_format):
+    assert t.is_contiguous(memory_format=memory_format), f"expected {memory_format}, got strides {t.stride()}"
 
 
-@pytest.mark.parametrize("op", ["q_sample", "p_sample_update"])
+# ---------------------------------------------------------------- q_sample
+
+
+def q_args(x, t):
+    tables = [getattr(DIFFUSION, n).to(x.dtype if x.dtype == torch.float64 else torch.float32) for n in Q_TABLES]
+    return [x, t, *tables, torch.randn_like(x)]
+
+
 @pytest.mark.parametrize("batch", [0, 1, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_updates_match_the_reference(E, op, batch, dtype):
-    x = torch.randn(batch, 3, 7, 7, dtype=dtype)
-    args = update_args(op, x, torch.randint(0, 200, (batch,)))
-    got = run_under_every_schedule(lambda: run_update(E, op, args))
-    torch.testing.assert_close(got, reference_update(op, args))
+def test_q_sample_matches_the_reference(E, batch, dtype):
+    args = q_args(torch.randn(batch, 3, 7, 7, dtype=dtype), torch.randint(0, 200, (batch,)))
+    got = run_under_every_schedule(lambda: E.q_sample(*args))
+    torch.testing.assert_close(got, reference.q_sample(*args))
 
 
-@pytest.mark.parametrize("op", ["q_sample", "p_sample_update"])
-def test_updates_in_half_precision(E, op):
-    x = torch.randn(6, 1, 12, 12)
-    args = update_args(op, x, torch.randint(0, 200, (6,)))
-    assert_half_precision_rule(lambda *a: run_update(E, op, a), lambda *a: reference_update(op, a), args)
+def test_q_sample_in_half_precision(E):
+    args = q_args(torch.randn(6, 1, 12, 12), torch.randint(0, 200, (6,)))
+    assert_half_precision_rule(E.q_sample, reference.q_sample, args)
 
 
-@pytest.mark.parametrize("op", ["q_sample", "p_sample_update"])
-@pytest.mark.parametrize("layout", ["channels_last", "strided", "batch_not_outermost"])
-def test_updates_on_every_layout(E, op, layout):
-    base = torch.randn(4, 3, 5, 6)
-    x = {
-        "channels_last": base.contiguous(memory_format=torch.channels_last),
-        "strided": torch.cat([base, base], dim=-1)[..., :6],
-        # Dense, but sample b is not one contiguous slab: the kernels must not mix samples.
-        "batch_not_outermost": base.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3),
-    }[layout]
-    args = update_args(op, x, torch.tensor([0, 50, 120, 199]))
-    args = [a.contiguous(memory_format=torch.channels_last) if layout == "channels_last" and torch.is_tensor(a)
-            and a.dim() == 4 else a for a in args]
-    if layout == "batch_not_outermost":
-        args = [a.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3) if torch.is_tensor(a) and a.dim() == 4 else a
-                for a in args]
-    torch.testing.assert_close(run_update(E, op, args), reference_update(op, args))
+@pytest.mark.parametrize("x_layout, other_layout, memory_format", LAYOUT_CASES, ids=LAYOUT_IDS)
+def test_q_sample_on_every_layout(E, x_layout, other_layout, memory_format):
+    x, t, a, b, noise = q_args(torch.randn(4, 3, 5, 6), torch.tensor([0, 50, 120, 199]))
+    args = [in_layout(x, x_layout), t, a, b, in_layout(noise, other_layout)]
+    out = E.q_sample(*args)
+    assert_format(out, memory_format)
+    torch.testing.assert_close(out, reference.q_sample(*args))
 
 
-def test_updates_of_more_than_65535_samples(E):
-    x = torch.randn(65600, 1, 1, 2)  # the cheapest kernel runs the real thing
-    args = update_args("p_sample_update", x, torch.randint(0, 200, (65600,)))
+def test_q_sample_of_more_than_65535_samples(E):
+    args = q_args(torch.randn(65600, 1, 1, 2), torch.randint(0, 200, (65600,)))
     emulation.take_launches()
-    torch.testing.assert_close(run_update(E, "p_sample_update", args), reference_update("p_sample_update", args))
-    assert launched("per_sample_update_kernel") == [((1, 65535, 2), (256, 1, 1))]
+    torch.testing.assert_close(E.q_sample(*args), reference.q_sample(*args))
+    assert launched("q_sample_kernel") == [((1, 65535, 2), (256, 1, 1))]
 
 
-def test_float64_updates_use_float64_tables_unrounded(E):
+def test_float64_q_sample_uses_float64_tables_unrounded(E):
     # Tables with float64 precision (not float32 values widened): a kernel that rounds them to
     # float32 is off by about 1e-8 relative.
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
-    t = torch.tensor([0, 7, 100, 199])
-    tables = [torch.rand(200, dtype=torch.float64) + 0.5 for _ in range(3)]
-    for op, args in (("q_sample", [x, t, *tables[:2], torch.randn_like(x)]),
-                     ("p_sample_update", [x, torch.randn_like(x), t, *tables, torch.randn_like(x)])):
-        torch.testing.assert_close(run_update(E, op, args), reference_update(op, args), rtol=1e-14, atol=1e-14)
+    tables = [torch.rand(200, dtype=torch.float64) + 0.5 for _ in range(2)]
+    args = [x, torch.tensor([0, 7, 100, 199]), *tables, torch.randn_like(x)]
+    torch.testing.assert_close(E.q_sample(*args), reference.q_sample(*args), rtol=1e-14, atol=1e-14)
 
 
 def test_out_of_range_timesteps_give_nan_samples_not_a_crash(E):
-    x = torch.randn(3, 2, 4, 4)
-    args = update_args("q_sample", x, torch.tensor([5, 200, -1]))
-    out = run_update(E, "q_sample", args)
+    out = E.q_sample(*q_args(torch.randn(3, 2, 4, 4), torch.tensor([5, 200, -1])))
     assert out[1:].isnan().all() and not out[0].isnan().any()
 
 
@@ -315,17 +319,19 @@ def test_sampler_update_in_half_precision(E):
                                    lambda *a: reference.sampler_update(*a)[output], args)
 
 
-def test_sampler_update_layouts_float64_coefficients_and_bad_steps(E):
-    x = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
-    args = (x, torch.randn_like(x), torch.randn_like(x), None, torch.tensor([0, 1, 2, 1]), torch.randn(3, 6))
-    out, x0 = E.sampler_update(*args)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    for ours, expected in zip((out, x0), reference.sampler_update(*args)):
+@pytest.mark.parametrize("optional", [True, False])
+@pytest.mark.parametrize("x_layout, other_layout, memory_format", LAYOUT_CASES, ids=LAYOUT_IDS)
+def test_sampler_update_on_every_layout(E, x_layout, other_layout, memory_format, optional):
+    x, eps, prev, noise, step, coefs = sampler_args(4, (3, 5, 6), optional=optional, steps=3)
+    args = (in_layout(x, x_layout), in_layout(eps, other_layout),
+            *(in_layout(t, other_layout) if t is not None else None for t in (prev, noise)), step, coefs)
+    got = E.sampler_update(*args)
+    for ours, expected in zip(got, reference.sampler_update(*args)):
+        assert_format(ours, memory_format)
         torch.testing.assert_close(ours, expected)
-    inside = torch.randn(3, 4, 5, 6).transpose(0, 1)  # dense, but the batch is not outermost
-    args = (inside, torch.randn(3, 4, 5, 6).transpose(0, 1), None, None, torch.tensor([0, 1, 2, 1]), torch.randn(3, 6))
-    for ours, expected in zip(E.sampler_update(*args), reference.sampler_update(*args)):
-        torch.testing.assert_close(ours, expected)
+
+
+def test_sampler_update_float64_coefficients_and_bad_steps(E):
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)  # coefficients float32 cannot hold
     args = (x, torch.randn_like(x), torch.randn_like(x), torch.randn_like(x), torch.tensor([1, 0]),
             1 + torch.rand(2, 6, dtype=torch.float64) * 1e-9)
@@ -339,20 +345,28 @@ def test_sampler_update_layouts_float64_coefficients_and_bad_steps(E):
 # ---------------------------------------------------------------- the ops as torch sees them
 
 
-def test_opcheck_every_op(E):
+@pytest.mark.parametrize("x_layout, other_layout, memory_format", LAYOUT_CASES, ids=LAYOUT_IDS)
+def test_opcheck_per_sample_ops_on_every_layout(E, x_layout, other_layout, memory_format):
+    # opcheck compares the fake kernel (ddpm_fast/ops/layout.py's per_sample_format) with the real
+    # one, strides included, so the Python twin of the layout rule must agree with checks.h's.
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
     t = torch.tensor([0, 199])
-    q_tables = [getattr(DIFFUSION, n).double() for n in Q_TABLES]
-    p_tables = [getattr(DIFFUSION, n).double() for n in P_TABLES]
-    torch.library.opcheck(E.q_sample, (x, t, *q_tables, torch.randn_like(x)))
-    torch.library.opcheck(E.p_sample_update, (x, torch.randn_like(x), t, *p_tables, torch.randn_like(x)))
+    x_start, t, a, b, noise = q_args(x, t)
+    torch.library.opcheck(E.q_sample, (in_layout(x_start, x_layout), t, a, b, in_layout(noise, other_layout)))
+    eps, prev = torch.randn_like(x), torch.randn_like(x)
+    for prev_x0 in (None, in_layout(prev, other_layout)):
+        torch.library.opcheck(E.sampler_update, (in_layout(x, x_layout), in_layout(eps, other_layout), prev_x0,
+                                                 in_layout(noise, other_layout), t.clamp(max=2),
+                                                 torch.randn(3, 6, dtype=torch.float64)))
+
+
+def test_opcheck_group_norm_act_and_linear_attention(E):
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
     w = torch.rand(8, dtype=torch.float64, requires_grad=True)
     scale = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(E.group_norm_act, (x.clone().requires_grad_(), 4, w, None, scale, None, 1e-5, "silu"))
     qkv = torch.randn(2, 3 * 2 * 8, 5, 5, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(E.linear_attention, (qkv, 2, 0.5))
-    torch.library.opcheck(E.sampler_update, (x, torch.randn_like(x), None, torch.randn_like(x), t.clamp(max=2),
-                                             torch.randn(3, 6, dtype=torch.float64)))
 
 
 def test_gradcheck_float64(E):

@@ -1,7 +1,7 @@
 // The ddpm_fast operator library (schemas in op_schemas.h) and the Python module ddpm_fast._C.
 // Backends register their kernels in their own files (csrc/cpu/*.cpp, and csrc/cuda/bindings.cpp
-// in the separate CUDA library) with STABLE_TORCH_LIBRARY_IMPL, and ddpm_fast/ops.py adds the
-// fake (meta) kernels and autograd formulas.
+// in the separate CUDA library) with STABLE_TORCH_LIBRARY_IMPL, and the op files of
+// ddpm_fast/ops/ add the fake (meta) kernels and autograd formulas.
 //
 // Built on torch's stable ABI and Python's limited API (3.10), so one build loads in every torch
 // from 2.10 on and every CPython from 3.10 on: this file uses only the limited API.
