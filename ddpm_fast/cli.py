@@ -1,10 +1,12 @@
 """The ``ddpm-fast`` command: train, sample, noise (the q_sample figure), animate and evaluate."""
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -37,9 +39,9 @@ several processes:
   (batch-size / (N * K) per micro-batch with --grad-accum K), so the result does not depend
   on N. Rank 0 alone prints and writes files; --resume loads its checkpoint on every rank.
 
-what --out holds:
+what --out-dir holds:
   checkpoint.pt      weights (EMA too), optimizer, step; loads in one process or many
-  sample-<k>.png     a sample grid every --save-every steps, all from the same noise
+  sample-<k>.png     a sample grid every --save-and-sample-every steps, all from the same noise
   {METRICS_NAME}        a row every --log-every steps: step, loss (the mean over the global
                      batch), lr, images_per_s (all processes together, checkpoints and
                      grids left out)
@@ -50,66 +52,97 @@ what --out holds:
 """
 
 
+# One flag per TrainConfig field, named after it (dim_mults -> --dim-mults), its type and default
+# taken from the dataclass. Here: each field's help, the choices where a known set exists, and
+# the flags' old spellings, kept as aliases.
+_TRAIN_HELP = {
+    "dataset": "digits: scikit-learn's bundled 8x8 digits, offline (default); "
+               "fashion_mnist: IDX files in --data-dir or a cached Hugging Face copy",
+    "data_dir": "folder with train-images-idx3-ubyte[.gz] (Fashion-MNIST)",
+    "download": "let the Hugging Face 'datasets' package download Fashion-MNIST",
+    "image_size": "image side (default 16 for digits, 28 for Fashion-MNIST)",
+    "hflip": "random horizontal flips (default: on for Fashion-MNIST, off for digits)",
+    "dim": "U-Net base channels (default: the image size, as in the blog)",
+    "dim_mults": "channel multipliers per resolution, e.g. 1,2,4 (default)",
+    "use_convnext": "ConvNeXt blocks (default, the blog's); --no-use-convnext for ResNet blocks",
+    "resnet_block_groups": "GroupNorm groups of ResNet blocks (default %(default)s)",
+    "timesteps": "diffusion steps T (default %(default)s)",
+    "beta_schedule": "beta schedule (default %(default)s)",
+    "loss_type": "training loss (default %(default)s)",
+    "batch_size": "global batch: images per optimizer step, over all processes (default %(default)s)",
+    "grad_accum": "accumulate gradients over K micro-batches per optimizer step (default 1)",
+    "precision": "fp32 (default), or autocast to bf16, or to fp16 with a GradScaler",
+    "compile": "torch.compile the model (first steps slower)",
+    "lr": "Adam's learning rate (default %(default)s)",
+    "steps": "optimizer steps in all (default %(default)s)",
+    "log_every": f"log the loss and a {METRICS_NAME} row every N steps (default %(default)s)",
+    "save_and_sample_every": "checkpoint and sample grid every N steps (default %(default)s)",
+    "num_samples": "images in each sample grid (default %(default)s)",
+    "ema_decay": "keep EMA weights with this decay, e.g. 0.995 (default: none)",
+    "seed": "RNG seed of the weights, data order, timesteps and noise (default %(default)s)",
+    "device": "cpu, cuda, cuda:1, ... (default: cuda when available)",
+    "accelerate": "swap in the compiled fused ops (default); --no-accelerate trains the pure-PyTorch reference",
+    "out_dir": "results folder (default: %(default)s)",
+    "dist_timeout_s": "under torchrun, how long a process waits for the others before the job fails "
+                      "(default %(default)s)",
+}
+_TRAIN_CHOICES = {"dataset": DATASETS, "beta_schedule": sorted(BETA_SCHEDULES), "loss_type": LOSS_TYPES,
+                  "precision": PRECISIONS}
+_TRAIN_ALIASES = {"resnet_block_groups": ["--groups"], "beta_schedule": ["--schedule"], "loss_type": ["--loss"],
+                  "save_and_sample_every": ["--save-every"], "out_dir": ["--out"],
+                  "dist_timeout_s": ["--dist-timeout"]}
+_TRAIN_METAVARS = {"grad_accum": "K", "dist_timeout_s": "SECONDS", "log_every": "N", "save_and_sample_every": "N"}
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _field_type(field):
+    """The argparse type of a TrainConfig field: its annotation without ``| None``."""
+    kind = field.type
+    if isinstance(kind, types.UnionType):
+        (kind,) = [k for k in kind.__args__ if k is not type(None)]
+    return _dim_mults if kind is tuple else kind
+
+
+def _add_config_flags(p):
+    """One flag per TrainConfig field, plus the old spellings as aliases."""
+    for field in dataclasses.fields(TrainConfig):
+        kind = _field_type(field)
+        kwargs = dict(dest=field.name, default=field.default, help=_TRAIN_HELP[field.name])
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=kind, metavar=_TRAIN_METAVARS.get(field.name))
+            if field.name in _TRAIN_CHOICES:
+                kwargs.update(choices=_TRAIN_CHOICES[field.name], metavar=None)
+        p.add_argument(_flag(field.name), *_TRAIN_ALIASES.get(field.name, []), **kwargs)
+    # The old inverted switch, for one release.
+    p.add_argument("--resnet", dest="use_convnext", action="store_false", default=argparse.SUPPRESS,
+                   help="old spelling of --no-use-convnext")
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="train a U-Net and write checkpoints and sample grids",
-                       description="Train the seed's U-Net with DDPM, in one process or under "
+                       description="Train the blog's U-Net with DDPM, in one process or under "
                        "torchrun. Writes checkpoint.pt, sample-*.png, metrics.csv and "
-                       "loss-curve.png into --out.",
+                       "loss-curve.png into --out-dir. Every flag but --resume is a field of "
+                       "ddpm_fast.train.TrainConfig; old spellings (--out, --schedule, --loss, "
+                       "--groups, --save-every, --dist-timeout, --resnet) still work.",
                        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = TrainConfig()
-    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                   help="digits: scikit-learn's bundled 8x8 digits, offline (default); "
-                   "fashion_mnist: IDX files in --data-dir or a cached Hugging Face copy")
-    p.add_argument("--data-dir", help="folder with train-images-idx3-ubyte[.gz] (Fashion-MNIST)")
-    p.add_argument("--download", action="store_true",
-                   help="let the Hugging Face 'datasets' package download Fashion-MNIST")
-    p.add_argument("--image-size", type=int, help="image side (default 16 for digits, 28 for Fashion-MNIST)")
-    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
-                   help="random horizontal flips (default: on for Fashion-MNIST, off for digits)")
-    p.add_argument("--dim", type=int, help="U-Net base channels (default: the image size, as in the seed)")
-    p.add_argument("--dim-mults", type=_dim_mults, default=d.dim_mults, help="e.g. 1,2,4 (default)")
-    p.add_argument("--resnet", action="store_true", help="ResNet blocks instead of ConvNeXt")
-    p.add_argument("--groups", type=int, default=d.resnet_block_groups, help="GroupNorm groups of ResNet blocks")
-    p.add_argument("--timesteps", type=int, default=d.timesteps)
-    p.add_argument("--schedule", choices=sorted(BETA_SCHEDULES), default=d.beta_schedule)
-    p.add_argument("--loss", choices=LOSS_TYPES, default=d.loss_type)
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="global batch: images per optimizer step, over all processes "
-                   f"(default {d.batch_size})")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum, metavar="K",
-                   help="accumulate gradients over K micro-batches per optimizer step (default 1)")
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="fp32 (default), or autocast to bf16, or to fp16 with a GradScaler")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (first steps slower)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in all")
-    p.add_argument("--log-every", type=int, default=d.log_every,
-                   help=f"log the loss and a {METRICS_NAME} row every N steps (default {d.log_every})")
-    p.add_argument("--ema-decay", type=float, help="keep EMA weights with this decay, e.g. 0.995")
-    p.add_argument("--save-every", type=int, default=d.save_and_sample_every,
-                   help="checkpoint and sample grid every N steps")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--no-accelerate", action="store_true", help="train the pure-PyTorch reference")
-    p.add_argument("--out", default=d.out_dir, help="results folder (default: results)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    p.add_argument("--dist-timeout", type=float, default=d.dist_timeout_s, metavar="SECONDS",
-                   help="under torchrun, how long a process waits for the others before the "
-                   f"job fails (default {d.dist_timeout_s:.0f})")
+    _add_config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue from --out-dir/checkpoint.pt")
     p.set_defaults(run=_run_train)
 
 
+def train_config(args):
+    """The TrainConfig that parsed ``train`` flags describe."""
+    return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+
+
 def _run_train(args):
-    config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, download=args.download,
-        image_size=args.image_size, hflip=args.hflip, dim=args.dim, dim_mults=args.dim_mults,
-        use_convnext=not args.resnet, resnet_block_groups=args.groups, timesteps=args.timesteps,
-        beta_schedule=args.schedule, loss_type=args.loss, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, precision=args.precision, compile=args.compile, lr=args.lr,
-        steps=args.steps, log_every=args.log_every, ema_decay=args.ema_decay,
-        save_and_sample_every=args.save_every, seed=args.seed, device=args.device,
-        accelerate=not args.no_accelerate, out_dir=args.out, dist_timeout_s=args.dist_timeout,
-    )
+    config = train_config(args)
     # Under torchrun (which names a file for it), record() hands a failing rank's exception to
     # the launcher, whose summary then names the rank and shows its traceback.
     run = train
@@ -122,7 +155,7 @@ def _run_train(args):
     elapsed = time.perf_counter() - start
     if env_rank() == 0:  # rank 0 alone speaks
         print(f"trained {config.steps} steps in {elapsed:.0f} s; last logged loss "
-              f"{history[-1][1]:.4f} at step {history[-1][0]}; wrote {Path(args.out) / 'checkpoint.pt'}")
+              f"{history[-1][1]:.4f} at step {history[-1][0]}; wrote {Path(config.out_dir) / 'checkpoint.pt'}")
 
 
 def _add_sampling_args(p):
