@@ -1,7 +1,7 @@
 """Turn pytest-benchmark results into the markdown tables of the README.
 
     python benchmarks/report.py benchmarks/results/<device>/*.json   # print the tables
-    python benchmarks/report.py --readme README.md benchmarks/results/*/*.json  # update README
+    python benchmarks/report.py --readme docs/performance.md benchmarks/results/*/*.json  # update docs/performance.md
 
 Per workload group, each implementation's median time, its speed-up over the reference and over
 the best torch.compile mode, plus the figures beyond time (bandwidth, images/s, peak memory).

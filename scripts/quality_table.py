@@ -1,7 +1,7 @@
-"""The README's sample-quality tables: Fréchet distance and wall time of each sampler on a checkpoint.
+"""The sample-quality tables of docs/samplers-and-quality.md: Fréchet distance and wall time of each sampler on a checkpoint.
 
     python scripts/quality_table.py --checkpoint results/digits/checkpoint.pt \
-        --baseline results/digits-10/checkpoint.pt --readme README.md
+        --baseline results/digits-10/checkpoint.pt --readme docs/samplers-and-quality.md
 
 Each row samples the images of ``--num`` (default: half the real data set) once per seed, scores
 them with :mod:`ddpm_fast.evaluate` and times each batch of ``--batch-size`` images (the
@@ -62,8 +62,13 @@ def label(result):
     return NAMES[result["sampler"]] + (f", η = {result['eta']:g}" if result["eta"] else "")
 
 
-def markdown(doc):
+def markdown(doc, links_from=Path(".")):
+    """The tables in markdown, picture links relative to the folder ``links_from`` (the page's)."""
     rows, base = doc["rows"], doc["rows"][0]
+
+    def link(path):
+        return os.path.relpath(path, links_from)
+
     lines = [
         f"Fréchet distance to the real digits in the features of a small CNN classifier (held-out "
         f"accuracy {100 * doc['classifier_accuracy']:.1f}%), {base['num']} generated images per seed "
@@ -78,12 +83,12 @@ def markdown(doc):
     for r in rows:
         lines.append(f"| {label(r)} | {r['steps']} | {r['fd_mean']:.2f} ± {r['fd_std']:.2f} | "
                      f"{r['seconds_per_batch']:.2f} | {base['seconds_per_batch'] / r['seconds_per_batch']:.1f}x | "
-                     f"![{r['sampler']} {r['steps']}]({r['grid']}) |")
+                     f"![{r['sampler']} {r['steps']}]({link(r['grid'])}) |")
     if doc.get("baseline"):
         b = doc["baseline"]
         lines.append(f"| DDPM, model after {b['training_steps']} training steps | {b['steps']} | "
                      f"{b['fd_mean']:.2f} ± {b['fd_std']:.2f} | {b['seconds_per_batch']:.2f} | | "
-                     f"![baseline]({b['grid']}) |")
+                     f"![baseline]({link(b['grid'])}) |")
     lines += ["", "Timestep spacing (FD, mean ± standard deviation over the same seeds):", "",
               "| sampler | steps | " + " | ".join(TIMESTEP_SPACINGS) + " |",
               "|---|---:|" + "---:|" * len(TIMESTEP_SPACINGS)]
@@ -123,7 +128,7 @@ def main(argv=None):
         doc = measure_all(args, argv)
     else:
         parser.error("give --checkpoint to measure, or --from-json to reuse a measurement")
-    text = markdown(doc)
+    text = markdown(doc, args.readme.parent if args.readme else Path("."))
     print(text)
     if args.readme:
         update_readme(args.readme, text)
