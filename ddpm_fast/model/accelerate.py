@@ -66,6 +66,25 @@ def _swap(module):
     return count
 
 
+def _to_channels_last(model):
+    """``model.to(memory_format=torch.channels_last)``, except that a Conv2d with one input
+    channel keeps its NCHW weight strides, which are channels_last-contiguous too.
+
+    Such a conv's input, (B, 1, H, W), is both NCHW and channels_last. oneDNN picks the
+    output layout from the input and the weight (channels_last if either suggests it), while
+    inductor's freezing path (``mkldnn._convolution_pointwise`` with a dynamic batch) looks
+    at the input alone and expects NCHW: with a (k*k, 1, k, 1)-strided weight the kernel
+    returned channels_last and the batch-size recompile failed its stride assertion (issue
+    18). With (k*k, k*k, k, 1) strides both sides say NCHW, as for an NCHW model, and
+    freezing's own conversion pass leaves such a weight alone for the same reason.
+    """
+    model.to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 1:
+            weight = module.weight
+            weight.data = weight.data.clone(memory_format=torch.contiguous_format)
+
+
 def accelerate(model, channels_last=None):
     """Swap the fused ops into a U-Net in place and return it.
 
@@ -78,12 +97,14 @@ def accelerate(model, channels_last=None):
         channels_last: store conv weights channels_last, so activations flow in that layout.
             Default: on for CPU models on processors with AVX2 or AVX-512, where oneDNN's
             convolutions are faster in it; off on baseline x86-64, where they are slower
-            (see :data:`ddpm_fast.ops.policy.CPU_RULES`).
+            (see :data:`ddpm_fast.ops.policy.CPU_RULES`). A conv with one input channel
+            keeps NCHW weight strides (channels_last-contiguous as well; see
+            :func:`_to_channels_last`).
     """
     _swap(model)
     if channels_last is None:
         param = next(model.parameters(), None)
         channels_last = param is not None and param.device.type == "cpu" and policy.cpu_prefers_channels_last()
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        _to_channels_last(model)
     return model
