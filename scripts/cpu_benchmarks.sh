@@ -21,4 +21,4 @@ for level in "${levels[@]}"; do
   python scripts/at_cpu_isa.py "$level" -- python -m pytest benchmarks --benchmark-only -q \
     --benchmark-json="$out.json" 2>&1 | tee "$out.log"
 done
-python benchmarks/report.py --readme README.md benchmarks/results/*/*.json
+python benchmarks/report.py --readme docs/performance.md benchmarks/results/*/*.json
