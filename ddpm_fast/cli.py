@@ -5,8 +5,10 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 import types
+import typing
 from pathlib import Path
 
 import torch
@@ -41,7 +43,8 @@ several processes:
 
 what --out-dir holds:
   checkpoint.pt      weights (EMA too), optimizer, step; loads in one process or many
-  sample-<k>.png     a sample grid every --save-and-sample-every steps, all from the same noise
+  sample-<k>.png     a sample grid every --save-and-sample-every steps, all from the same
+                     noise
   {METRICS_NAME}        a row every --log-every steps: step, loss (the mean over the global
                      batch), lr, images_per_s (all processes together, checkpoints and
                      grids left out)
@@ -73,7 +76,7 @@ _TRAIN_HELP = {
     "grad_accum": "accumulate gradients over K micro-batches per optimizer step (default 1)",
     "precision": "fp32 (default), or autocast to bf16, or to fp16 with a GradScaler",
     "compile": "torch.compile the model (first steps slower)",
-    "lr": "Adam's learning rate (default %(default)s)",
+    "lr": "Adam's learning rate (default %(default)g)",
     "steps": "optimizer steps in all (default %(default)s)",
     "log_every": f"log the loss and a {METRICS_NAME} row every N steps (default %(default)s)",
     "save_and_sample_every": "checkpoint and sample grid every N steps (default %(default)s)",
@@ -84,23 +87,40 @@ _TRAIN_HELP = {
     "accelerate": "swap in the compiled fused ops (default); --no-accelerate trains the pure-PyTorch reference",
     "out_dir": "results folder (default: %(default)s)",
     "dist_timeout_s": "under torchrun, how long a process waits for the others before the job fails "
-                      "(default %(default)s)",
+                      "(default %(default)g)",
 }
 _TRAIN_CHOICES = {"dataset": DATASETS, "beta_schedule": sorted(BETA_SCHEDULES), "loss_type": LOSS_TYPES,
                   "precision": PRECISIONS}
 _TRAIN_ALIASES = {"resnet_block_groups": ["--groups"], "beta_schedule": ["--schedule"], "loss_type": ["--loss"],
                   "save_and_sample_every": ["--save-every"], "out_dir": ["--out"],
                   "dist_timeout_s": ["--dist-timeout"]}
-_TRAIN_METAVARS = {"grad_accum": "K", "dist_timeout_s": "SECONDS", "log_every": "N", "save_and_sample_every": "N"}
+_TRAIN_METAVARS = {"data_dir": "DIR", "image_size": "N", "dim": "N", "dim_mults": "M1,M2,...",
+                   "resnet_block_groups": "N", "timesteps": "T", "batch_size": "N", "grad_accum": "K", "steps": "N",
+                   "ema_decay": "DECAY", "log_every": "N", "save_and_sample_every": "N", "num_samples": "N",
+                   "out_dir": "DIR", "dist_timeout_s": "SECONDS"}
+
+
+class _TrainHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Writes a flag with aliases as ``--out-dir, --out DIR`` (the metavar or choices once), and
+    wraps help text between words only, never inside a --flag-name."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(action.option_strings) + " " + metavar
 
 
 def _flag(name):
     return "--" + name.replace("_", "-")
 
 
-def _field_type(field):
+def _field_type(field, hints):
     """The argparse type of a TrainConfig field: its annotation without ``| None``."""
-    kind = field.type
+    kind = hints[field.name]
     if isinstance(kind, types.UnionType):
         (kind,) = [k for k in kind.__args__ if k is not type(None)]
     return _dim_mults if kind is tuple else kind
@@ -108,29 +128,32 @@ def _field_type(field):
 
 def _add_config_flags(p):
     """One flag per TrainConfig field, plus the old spellings as aliases."""
+    hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        kind = _field_type(field)
-        kwargs = dict(dest=field.name, default=field.default, help=_TRAIN_HELP[field.name])
+        kind = _field_type(field, hints)
+        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        aliases = _TRAIN_ALIASES.get(field.name, [])
+        help = _TRAIN_HELP[field.name] + (f" [old name: {', '.join(aliases)}]" if aliases else "")
+        kwargs = dict(dest=field.name, default=default, help=help)
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs.update(type=kind, metavar=_TRAIN_METAVARS.get(field.name))
             if field.name in _TRAIN_CHOICES:
                 kwargs.update(choices=_TRAIN_CHOICES[field.name], metavar=None)
-        p.add_argument(_flag(field.name), *_TRAIN_ALIASES.get(field.name, []), **kwargs)
-    # The old inverted switch, for one release.
+        p.add_argument(_flag(field.name), *aliases, **kwargs)
+    # The old inverted switch, kept as an alias that stores use_convnext=False.
     p.add_argument("--resnet", dest="use_convnext", action="store_false", default=argparse.SUPPRESS,
-                   help="old spelling of --no-use-convnext")
+                   help="[old name of --no-use-convnext]")
 
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a U-Net and write checkpoints and sample grids",
-                       description="Train the blog's U-Net with DDPM, in one process or under "
-                       "torchrun. Writes checkpoint.pt, sample-*.png, metrics.csv and "
-                       "loss-curve.png into --out-dir. Every flag but --resume is a field of "
-                       "ddpm_fast.train.TrainConfig; old spellings (--out, --schedule, --loss, "
-                       "--groups, --save-every, --dist-timeout, --resnet) still work.",
-                       epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description="Train the blog's U-Net with DDPM, in one process or under torchrun.\n"
+                       f"Writes checkpoint.pt, sample-*.png, {METRICS_NAME} and {LOSS_CURVE_NAME} into --out-dir.\n"
+                       "Every flag but --resume sets the field of ddpm_fast.train.TrainConfig of\n"
+                       "the same name; the old spellings, marked [old name], still work.",
+                       epilog=_TRAIN_EPILOG, formatter_class=_TrainHelpFormatter)
     _add_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue from --out-dir/checkpoint.pt")
     p.set_defaults(run=_run_train)
