@@ -192,6 +192,15 @@ def test_sampler_tables_are_computed_once_per_schedule_and_cached(model, x_T):
     assert not torch.equal(chosen.coefficients, coefficients)
 
 
+def test_the_name_shorthand_builds_its_tables_once(model, x_T):
+    d = GaussianDiffusion(T)
+    sample(d, model, x_T, sampler="dpm-solver++", steps=10)
+    (built,) = d._by_name.values()
+    table = built.tables("cpu")
+    sample(d, model, x_T, sampler="dpm-solver++", steps=10)
+    assert list(d._by_name.values()) == [built] and built.tables("cpu") is table
+
+
 def test_a_sampler_object_and_its_name_sample_alike(model, x_T):
     d = GaussianDiffusion(T)
     by_object = sample(d, model, x_T, sampler=samplers.DDIMSampler(steps=10, eta=0.0, timestep_spacing="linspace"))

@@ -64,6 +64,7 @@ class GaussianDiffusion(nn.Module):
         buffer("posterior_variance", posterior_variance)
         # p_sample's update is a row of the DDPM sampler's table (row T - 1 - t).
         self.ddpm = DDPMSampler().set_schedule(alphas_cumprod)
+        self._by_name = {}  # the samplers the string shorthand built, so their tables are computed once
 
     def extra_repr(self):
         return f"timesteps={self.timesteps}, beta_schedule={self.beta_schedule!r}, fused={self.fused}"
@@ -141,8 +142,11 @@ class GaussianDiffusion(nn.Module):
                 raise TypeError(f"{', '.join(given)} belong to the sampler object: pass e.g. "
                                 f"{type(sampler).__name__}(steps=...), not sample(..., steps=...)")
         elif isinstance(sampler, str):
-            options = dict(steps=steps, eta=eta, timestep_spacing=timestep_spacing)
-            sampler = make_sampler(sampler, **{k: v for k, v in options.items() if v is not None})
+            key = (sampler, steps, eta, timestep_spacing)
+            if key not in self._by_name:
+                options = dict(steps=steps, eta=eta, timestep_spacing=timestep_spacing)
+                self._by_name[key] = make_sampler(sampler, **{k: v for k, v in options.items() if v is not None})
+            sampler = self._by_name[key]
         else:
             raise TypeError(f"sampler must be a Sampler object (e.g. DDIMSampler(steps=50)) or one of "
                             f"its names, got {type(sampler).__name__}")
