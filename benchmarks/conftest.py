@@ -9,13 +9,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from report import markdown  # noqa: E402
+from peers import sgemm_peak_gflops  # noqa: E402
+from report import flops_lines, markdown  # noqa: E402
 from workloads import BUILDERS, synchronize  # noqa: E402
 
 from ddpm_fast import ops  # noqa: E402
 from ddpm_fast.ops.cpu_report import processor_name  # noqa: E402
 
 RESULTS = []  # rows for the closing table, filled by the benchmarks
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full-peers", action="store_true",
+                     help="also time the big cases of the peer comparison: the U-Net forward at b16, b64 "
+                          "and b128, the peers' sampling loops and DDIM-50 in full (default: forward at b1 "
+                          "and b4 only)")
+
+
+@pytest.fixture(scope="session")
+def full_peers(request):
+    return request.config.getoption("--full-peers")
+
+
+@pytest.fixture(scope="session")
+def sgemm_peak():
+    """The device's measured fp32 matmul peak in GFLOP/s (best of a few 2048x2048 torch.mm)."""
+    return lambda device: sgemm_peak_gflops(device=device)  # measured once per device
 
 
 def device_name(device):
@@ -68,3 +87,8 @@ def pytest_terminal_summary(terminalreporter):
     if RESULTS:
         terminalreporter.write_sep("=", "ddpm_fast: speed-ups per workload (median times)")
         terminalreporter.write_line(markdown(RESULTS))
+        lines = flops_lines(RESULTS)
+        if lines:
+            terminalreporter.write_sep("=", "ddpm_fast: U-Net forward GFLOP/s against the measured sgemm peak")
+            for line in lines:
+                terminalreporter.write_line(line)

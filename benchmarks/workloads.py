@@ -2,7 +2,8 @@
 on one device, with sizes that fit the device (full sizes on CUDA, small but real ones on CPU).
 
 Each builder returns a :class:`Workload`; the suite times ``make(impl)()`` and checks once,
-outside the timing, that the fused implementation computes what the reference does.
+outside the timing, that the fused implementation computes what the reference does, and that
+each peer (benchmarks/peers.py: onnxruntime, OpenVINO, compile-freezing) does.
 """
 
 import copy
@@ -11,12 +12,29 @@ import dataclasses
 import torch
 
 from ddpm_fast import GaussianDiffusion, Unet, ops
-from ddpm_fast.diffusion import DDPMSampler
+from ddpm_fast.diffusion import DDPMSampler, make_sampler
 from ddpm_fast.ops import reference
 from ddpm_fast.model import accelerate
 
+import peers
+from peers import PEERS
+
 SEED_CONFIG = dict(dim=28, channels=1, dim_mults=(1, 2, 4))
 FULL_STEPS = 200
+FORWARD_BATCHES = (1, 4, 16, 64, 128)
+# The peer comparison's big cases, timed only by a full run (--full-peers): these groups with
+# every impl, and the peers in every sampling loop. The small ones (forward at b1 and b4) always run.
+FULL_RUN_GROUPS = ("unet-forward-b16", "unet-forward-b64", "unet-forward-b128",
+                   "sampling-ddim50-full-b1", "sampling-ddim50-full-b64")
+
+
+# The sampling loops the peers run: DDPM (some of its 200 steps timed on the CPU) and DDIM-50 in full.
+PEER_LOOP_GROUPS = ("sampling-loop-b64", "sampling-loop-b1", "sampling-ddim50-full-b1", "sampling-ddim50-full-b64")
+
+
+def full_run_only(group, impl):
+    """Whether (group, impl) is one of the big cases of the peer comparison (see FULL_RUN_GROUPS)."""
+    return group in FULL_RUN_GROUPS or (impl in PEERS and group.startswith("sampling"))
 
 
 @dataclasses.dataclass
@@ -27,6 +45,7 @@ class Workload:
     make: callable  # impl name ('reference', 'fused', 'fused+graph', 'fused+compile', 'compile-<mode>') -> callable
     check: callable  # () -> None, raises if fused and reference disagree
     extra: dict  # sizes and figures recorded in extra_info (bytes, images, steps)
+    check_peer: callable = None  # impl -> None, raises if peer impl and reference disagree; None: no peers
 
 
 def synchronize(device):
@@ -58,19 +77,33 @@ def compiled(model, impl):
     return torch.compile(model, mode="default" if impl == "fused+compile" else impl.removeprefix("compile-"))
 
 
-def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=None):
+def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=None, cpu_steps=None):
     """The full reverse loop of the blog's config with ``sampler`` in ``full_steps`` steps; on CPU a
     shorter loop of the same sampler (the same cost a step): DDPM on a shorter schedule, the
-    few-step samplers in fewer steps of the same T = 200 schedule."""
-    steps = full_steps if device.type == "cuda" else (4 if batch > 1 else 20)
+    few-step samplers in fewer steps of the same T = 200 schedule; ``cpu_steps`` sets the CPU's
+    steps (``full_steps``: the whole loop on the CPU too).
+
+    The peers run a plain Python loop around their forward with ddpm_fast's update
+    (:func:`peers.sample_loop`), on the same schedule and steps."""
+    steps = full_steps if device.type == "cuda" else (cpu_steps or (4 if batch > 1 else 20))
     model, fused_model = _models(device)
     model.eval()
     fused_model.eval()
     shape = (batch, 1, 28, 28)
     timesteps = steps if sampler == "ddpm" else FULL_STEPS
     sampler_steps = None if sampler == "ddpm" else steps
+    peer_sampler = make_sampler(sampler, steps=sampler_steps).set_schedule(GaussianDiffusion(timesteps).alphas_cumprod64)
+    peer_forwards = {}
+
+    def peer_forward(impl):
+        if impl not in peer_forwards:
+            peer_forwards[impl] = peers.forward(impl, model, batch)
+        return peer_forwards[impl]
 
     def make(impl):
+        if impl in PEERS:
+            forward = peer_forward(impl)
+            return lambda: peers.sample_loop(forward, peer_sampler, torch.randn(shape))
         if impl.startswith("fused"):
             diffusion, net = GaussianDiffusion(timesteps, fused=None).to(device), fused_model
             if impl == "fused+compile":
@@ -90,8 +123,74 @@ def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=No
             outs.append(make(impl)())
         torch.testing.assert_close(outs[1], outs[0], atol=1e-3, rtol=1e-3)
 
+    def plain_loop(forward):
+        generator = torch.Generator().manual_seed(1)
+        return peers.sample_loop(forward, peer_sampler, torch.randn(shape, generator=generator), generator)
+
+    reference_loop = []
+
+    def check_peer(impl):
+        """The peer's plain loop against the same loop around the reference forward."""
+        out = plain_loop(peer_forward(impl))
+        if not reference_loop:
+            reference_loop.append(plain_loop(model))
+        torch.testing.assert_close(out, reference_loop[0], **peers.tolerance(impl, loop=True),
+                                   msg=lambda m: f"{impl}'s {sampler} loop vs the reference's: {m}")
+
     return Workload(group or f"sampling-loop-b{batch}", make, check,
-                    dict(batch=batch, steps=steps, full_steps=full_steps, images=batch, sampler=sampler))
+                    dict(batch=batch, steps=steps, full_steps=full_steps, images=batch, sampler=sampler),
+                    check_peer if device.type == "cpu" else None)
+
+
+def unet_forward(device, batch):
+    """One forward of the seed U-Net (eval, no grad) at ``batch``, for every impl and peer. The
+    compiled impls compile one graph for this batch size (dynamic=False), as the peers' engines
+    plan for it. Records the forward's FLOPs per image, for GFLOP/s."""
+    model, fused_model = _models(device)
+    model.eval()
+    fused_model.eval()
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    t = torch.randint(0, FULL_STEPS, (batch,), device=device)
+    forwards = {}
+
+    def forward(impl):
+        if impl not in forwards:
+            if impl in PEERS:
+                forwards[impl] = peers.forward(impl, model, batch)
+            elif impl in ("reference", "fused"):
+                net = model if impl == "reference" else fused_model
+                forwards[impl] = lambda x, t: net(x, t)
+            elif impl == "fused+compile":
+                forwards[impl] = peers.compiled_forward(copy.deepcopy(fused_model))
+            elif impl.startswith("compile-"):
+                forwards[impl] = peers.compiled_forward(copy.deepcopy(model), mode=impl.removeprefix("compile-"))
+            else:
+                raise ValueError(f"unet-forward has no impl {impl!r}")
+        return forwards[impl]
+
+    def run(impl):
+        with torch.no_grad():
+            return forward(impl)(x, t)
+
+    def make(impl):
+        forward(impl)
+        return timed(lambda: run(impl), device)
+
+    def check():
+        torch.testing.assert_close(run("fused"), run("reference"), atol=1e-4, rtol=1e-4)
+
+    reference_out = []
+
+    def check_peer(impl):
+        out = run(impl)
+        if not reference_out:
+            reference_out.append(run("reference"))
+        torch.testing.assert_close(out, reference_out[0], **peers.tolerance(impl),
+                                   msg=lambda m: f"{impl}'s forward vs the reference's: {m}")
+
+    return Workload(f"unet-forward-b{batch}", make, check,
+                    dict(batch=batch, flops_per_image=peers.flops_per_image(model)),
+                    check_peer if device.type == "cpu" else None)
 
 
 def train_step(device, batch=128):
@@ -221,4 +320,8 @@ BUILDERS = {
     "op-projected_linear_attention-fwd": op_projected_linear_attention,
     "sampling-ddim50-b64": lambda d: sampling_loop(d, 64, "ddim", 50, "sampling-ddim50-b64"),
     "sampling-dpmpp20-b64": lambda d: sampling_loop(d, 64, "dpm-solver++", 20, "sampling-dpmpp20-b64"),
+    **{f"unet-forward-b{b}": (lambda d, b=b: unet_forward(d, b)) for b in FORWARD_BATCHES},
+    # DDIM-50 in full on the CPU too: every step of the loop a user runs.
+    "sampling-ddim50-full-b1": lambda d: sampling_loop(d, 1, "ddim", 50, "sampling-ddim50-full-b1", cpu_steps=50),
+    "sampling-ddim50-full-b64": lambda d: sampling_loop(d, 64, "ddim", 50, "sampling-ddim50-full-b64", cpu_steps=50),
 }
