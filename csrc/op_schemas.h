@@ -33,13 +33,18 @@ inline void define_op_schemas(torch::stable::detail::StableLibrary& m) {
   m.def(
       "projected_linear_attention_backward(Tensor grad_out, Tensor x, Tensor w_qkv, int heads, "
       "float scale) -> Tensor");
-  // One step of any sampler (DDPM, DDIM, DPM-Solver++; ddpm_fast/diffusion/samplers.py). For
-  // sample b and its coefficient row c = coefs[step[b]] of shape (6,):
-  //   x0 = c[4] * x + c[5] * eps;  out = c[0] * x + c[1] * eps + c[2] * prev_x0 + c[3] * noise
+  // One step of any sampler (DDPM, DDIM, DPM-Solver++, SDE-DPM-Solver++; for any prediction
+  // type; ddpm_fast/diffusion/samplers.py). For sample b, m its model output and its
+  // coefficient row c = coefs[step[b]] of shape (7,):
+  //   x0 = c[5] * x + c[6] * m, then clamped to [-clip_sample_range, clip_sample_range] (> 0) or
+  //        dynamically thresholded (dynamic_thresholding_ratio > 0: s = clamp(quantile(|x0|,
+  //        ratio), 1, sample_max_value), x0 = clamp(x0, -s, s) / s); at most one of the two
+  //   out = c[0] * x + c[1] * m + c[2] * x0 + c[3] * prev_x0 + c[4] * noise
   // An absent prev_x0 or noise drops its term. Returns (out, x0), both shaped as x.
   m.def(
-      "sampler_update(Tensor x, Tensor eps, Tensor? prev_x0, Tensor? noise, Tensor step, "
-      "Tensor coefs) -> (Tensor, Tensor)");
+      "sampler_update(Tensor x, Tensor model_output, Tensor? prev_x0, Tensor? noise, Tensor step, "
+      "Tensor coefs, float clip_sample_range=0., float dynamic_thresholding_ratio=0., "
+      "float sample_max_value=1.) -> (Tensor, Tensor)");
 }
 
 }  // namespace ddpm_fast

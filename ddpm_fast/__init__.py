@@ -13,6 +13,7 @@ The package, by concern: ``model`` (the U-Net, the fused modules, accelerate), `
 """
 
 from .diffusion import (DDIMSampler, DDPMSampler, DPMSolverPlusPlusSampler, GaussianDiffusion,
+                        SDEDPMSolverPlusPlusSampler,
                         cosine_beta_schedule, linear_beta_schedule, quadratic_beta_schedule,
                         sigmoid_beta_schedule)
 from .model import Unet, accelerate
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DDIMSampler",
     "DDPMSampler",
-    "DPMSolverPlusPlusSampler",
+    "DPMSolverPlusPlusSampler", "SDEDPMSolverPlusPlusSampler",
     "GaussianDiffusion",
     "accelerate",
     "Unet",

@@ -188,14 +188,16 @@ def test_graph_sampler_under_autocast(dtype):
 def sampler_update_args(dtype, optional):
     x = torch.randn(8, 1, 28, 28, device="cuda", dtype=dtype)
     prev, noise = (torch.randn_like(x) if optional else None for _ in range(2))
-    coefs = torch.randn(10, 6, device="cuda", dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    coefs = torch.randn(10, 7, device="cuda", dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     return (x, torch.randn_like(x), prev, noise, torch.randint(0, 10, (8,), device="cuda"), coefs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("optional", [True, False])
-def test_sampler_update_fp32_fp64(dtype, optional):
-    args = sampler_update_args(dtype, optional)
+@pytest.mark.parametrize("clamp", [(0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.0, 0.995, 1.0), (0.0, 0.9, 3.0)],
+                         ids=["none", "clip", "threshold-max", "threshold"])
+def test_sampler_update_fp32_fp64(dtype, optional, clamp):
+    args = (*sampler_update_args(dtype, optional), *clamp)
     for got, expected in zip(torch.ops.ddpm_fast.sampler_update(*args), reference.sampler_update(*args)):
         torch.testing.assert_close(got, expected)
     torch.library.opcheck(torch.ops.ddpm_fast.sampler_update, args)
@@ -212,7 +214,7 @@ def test_sampler_update_half_precision(optional):
 
 def test_sampler_update_keeps_float64_coefficients_on_cuda():
     x = torch.randn(4, 3, 5, 5, device="cuda", dtype=torch.float64)
-    coefs = 1 + torch.rand(3, 6, device="cuda", dtype=torch.float64) * 1e-9  # not representable in fp32
+    coefs = 1 + torch.rand(3, 7, device="cuda", dtype=torch.float64) * 1e-9  # not representable in fp32
     args = (x, torch.randn_like(x), torch.randn_like(x), torch.randn_like(x), torch.tensor([0, 2, 1, 2], device="cuda"), coefs)
     for got, expected in zip(torch.ops.ddpm_fast.sampler_update(*args), reference.sampler_update(*args)):
         torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)

@@ -390,24 +390,44 @@ def sampler_args(batch, dtype=torch.float32, device="cpu", prev=True, noise=True
     x = torch.randn(batch, 3, 5, 5, device=device, dtype=dtype)
     optional = [torch.randn_like(x) if present else None for present in (prev, noise)]
     step = torch.randint(0, steps, (batch,), device=device)
-    coefs = torch.randn(steps, 6, device=device, dtype=dtype)
+    coefs = torch.randn(steps, 7, device=device, dtype=dtype)
     return [x, torch.randn_like(x), *optional, step, coefs]
+
+
+# (clip_sample_range, dynamic_thresholding_ratio, sample_max_value): none, clipping, and
+# thresholding whose scale is clamped from below (1), moves freely, or is clamped from above.
+X0_CLAMPS = [(0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.0, 0.1, 2.0), (0.0, 0.9, 3.0), (0.0, 1.0, 1.5)]
+X0_CLAMP_IDS = ["none", "clip", "threshold-low", "threshold", "threshold-max"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch", [0, 1, 5])
 @pytest.mark.parametrize("prev,noise", [(True, True), (True, False), (False, True), (False, False)])
-def test_sampler_update_matches_reference(device, dtype, batch, prev, noise):
+@pytest.mark.parametrize("clamp", X0_CLAMPS, ids=X0_CLAMP_IDS)
+def test_sampler_update_matches_reference(device, dtype, batch, prev, noise, clamp):
     args = sampler_args(batch, dtype, device, prev, noise)
-    for got, expected in zip(torch.ops.ddpm_fast.sampler_update(*args), reference.sampler_update(*args)):
+    for got, expected in zip(torch.ops.ddpm_fast.sampler_update(*args, *clamp),
+                             reference.sampler_update(*args, *clamp)):
         torch.testing.assert_close(got, expected)
+
+
+def test_thresholding_takes_torch_quantile_of_each_sample():
+    # Sample 0's |x0| quantile lies inside [1, max]: x0 / s inside, +-1 beyond; sample 1's is below 1.
+    x0 = torch.stack([torch.linspace(-4, 4, 75).reshape(3, 5, 5), torch.linspace(-0.5, 0.5, 75).reshape(3, 5, 5)])
+    coefs = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]])  # x0 = model output; x_next = x0
+    args = (torch.zeros_like(x0), x0, None, None, torch.zeros(2, dtype=torch.long), coefs, 0.0, 0.8, 10.0)
+    out, got = ops.sampler_update(*args)
+    s = torch.quantile(x0[0].abs().flatten(), 0.8)
+    torch.testing.assert_close(got[0], x0[0].clamp(-s, s) / s)
+    torch.testing.assert_close(got[1], x0[1])  # s = 1: nothing changes
+    torch.testing.assert_close(out, got)
 
 
 def test_sampler_update_keeps_float64_coefficients():
     # Coefficients that float32 cannot hold: an fp64 run must not round its table to fp32.
     args = sampler_args(3, torch.float64)
-    args[-1] = 1 + torch.rand(7, 6, dtype=torch.float64) * 1e-9
+    args[-1] = 1 + torch.rand(7, 7, dtype=torch.float64) * 1e-9
     for got, expected in zip(ops.sampler_update(*args), reference.sampler_update(*args)):
         torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
 
@@ -430,7 +450,7 @@ def test_sampler_update_reads_a_batch_that_is_not_outermost():
     # Dense tensors whose batch dimension is not outermost: sample b is no flat slab of memory.
     for x in (torch.randn(3, 2, 4).transpose(0, 1), torch.randn(3, 2, 4, 5).transpose(0, 1)):
         eps, prev, noise = (torch.randn(x.shape[1], x.shape[0], *x.shape[2:]).transpose(0, 1) for _ in range(3))
-        step, coefs = torch.tensor([1, 0]), torch.randn(2, 6)
+        step, coefs = torch.tensor([1, 0]), torch.randn(2, 7)
         args = (x, eps, prev, noise, step, coefs)
         for got, expected in zip(ops.sampler_update(*args), reference.sampler_update(*args)):
             torch.testing.assert_close(got, expected)
@@ -438,13 +458,16 @@ def test_sampler_update_reads_a_batch_that_is_not_outermost():
 
 @pytest.mark.parametrize("prev,noise", [(True, True), (False, False)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "batch_not_outermost"])
-def test_sampler_update_opcheck_and_gradcheck(prev, noise, layout):
+@pytest.mark.parametrize("clamp", X0_CLAMPS, ids=X0_CLAMP_IDS)
+def test_sampler_update_opcheck_and_gradcheck(prev, noise, layout, clamp):
     # opcheck compares the fake kernel's output strides with the real kernel's in each layout.
+    # Thresholding's gradient reaches x and the model output also through the scale s, at the
+    # two order statistics of |x0| that its quantile interpolates.
     args = sampler_args(3, torch.float64, prev=prev, noise=noise)
     args[:4] = [layouts(a)[layout] if a is not None else None for a in args[:4]]
-    torch.library.opcheck(torch.ops.ddpm_fast.sampler_update, args)
+    torch.library.opcheck(torch.ops.ddpm_fast.sampler_update, (*args, *clamp))
     leaves = [a.requires_grad_() if a is not None and a.dim() == 4 else a for a in args]
-    assert torch.autograd.gradcheck(lambda *a: ops.sampler_update(*a), leaves)
+    assert torch.autograd.gradcheck(lambda *a: ops.sampler_update(*a, *clamp), leaves)
 
 
 def test_sampler_update_bad_input():
@@ -456,7 +479,7 @@ def test_sampler_update_bad_input():
         op(x, eps, prev, noise, step.int(), coefs)
     with pytest.raises(RuntimeError, match=r"sampler_update: step must have shape \(2,\)"):
         op(x, eps, prev, noise, step[:1], coefs)
-    with pytest.raises(RuntimeError, match=r"sampler_update: coefs must have shape \(steps, 6\)"):
+    with pytest.raises(RuntimeError, match=r"sampler_update: coefs must have shape \(steps, 7\)"):
         op(x, eps, prev, noise, step, coefs[:, :5])
     with pytest.raises(RuntimeError, match=r"sampler_update: coefs must be float32 or Double"):
         op(x.double(), eps.double(), None, None, step, coefs.half())
@@ -464,3 +487,11 @@ def test_sampler_update_bad_input():
         op(x, eps, prev[:, :2], noise, step, coefs)
     with pytest.raises(RuntimeError, match=r"sampler_update: noise must have x's dtype"):
         op(x, eps, prev, noise.double(), step, coefs)
+    with pytest.raises(RuntimeError, match=r"clip_sample_range must be >= 0"):
+        op(x, eps, prev, noise, step, coefs, -1.0)
+    with pytest.raises(RuntimeError, match=r"dynamic_thresholding_ratio must lie in \(0, 1\]"):
+        op(x, eps, prev, noise, step, coefs, 0.0, 1.5)
+    with pytest.raises(RuntimeError, match=r"clip_sample_range and dynamic_thresholding_ratio are exclusive"):
+        op(x, eps, prev, noise, step, coefs, 1.0, 0.9)
+    with pytest.raises(RuntimeError, match=r"sample_max_value must be > 0 with thresholding"):
+        op(x, eps, prev, noise, step, coefs, 0.0, 0.9, 0.0)

@@ -153,7 +153,8 @@ def test_ddpm_sampler_is_the_seeds_p_sample_at_every_step(model, fused):
         torch.testing.assert_close(steps[k], x, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", None, 0.0), ("ddim", 10, 0.5), ("dpm-solver++", 10, 0.0)])
+@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", None, 0.0), ("ddim", 10, 0.5), ("dpm-solver++", 10, 0.0),
+                                               ("sde-dpm-solver++", 10, 0.0)])
 def test_generator_makes_a_call_reproducible_without_the_global_rng(model, sampler, steps, eta):
     d = GaussianDiffusion(T)
     before = torch.get_rng_state()
@@ -182,7 +183,7 @@ def test_sampler_tables_are_computed_once_per_schedule_and_cached(model, x_T):
     assert chosen.num_steps is None  # no schedule yet
     sample(d, model, x_T, sampler=chosen)
     coefficients = chosen.coefficients
-    assert coefficients.dtype == torch.float64 and coefficients.shape == (10, 6) and chosen.num_steps == 10
+    assert coefficients.dtype == torch.float64 and coefficients.shape == (10, 7) and chosen.num_steps == 10
     table = chosen.tables("cpu", torch.float32)
     assert table.dtype == torch.float32 and chosen.tables("cpu", torch.float16) is table
     assert chosen.tables("cpu", torch.float64).dtype == torch.float64
@@ -215,12 +216,13 @@ def test_a_sampler_object_and_its_name_sample_alike(model, x_T):
 def test_first_order_steps_use_no_history():
     # DPM-Solver++(2M) is first order on its first step and on its last (to sigma = 0, where
     # it returns the data prediction: the row equals the x0 row).
+    # Columns: x, model_output, x0, prev_x0, noise, x0_from_x, x0_from_model_output.
     table = samplers.make_sampler("dpm-solver++", 10).set_schedule(alphas_cumprod()).coefficients
-    assert table[0, 2] == 0 and table[-1, 2] == 0 and (table[1:-1, 2] != 0).all()
-    torch.testing.assert_close(table[-1, :2], table[-1, 4:])
+    assert table[0, 3] == 0 and table[-1, 3] == 0 and (table[1:-1, 3] != 0).all()
+    torch.testing.assert_close(table[-1, :2], table[-1, 5:])
     ddim = samplers.make_sampler("ddim", 10).set_schedule(alphas_cumprod()).coefficients
-    torch.testing.assert_close(ddim[-1, :2], ddim[-1, 4:])  # alpha_bar = 1 at the end
-    assert (ddim[:, 2:4] == 0).all()
+    torch.testing.assert_close(ddim[-1, :2], ddim[-1, 5:])  # alpha_bar = 1 at the end
+    assert (ddim[:, 2:5] == 0).all()  # unclipped x0 folded into x and the model output
 
 
 def test_bad_sampler_arguments_are_named(model):
@@ -281,3 +283,161 @@ def test_samplers_lose_little_against_many_steps(model, x_T):
               for name in ("ddim", "dpm-solver++")}
     assert errors["dpm-solver++"] < errors["ddim"], errors
     assert np.isfinite(list(errors.values())).all()
+
+
+# ---------------------------------------------------------------- clipping, thresholding, prediction types
+
+
+class Scaled(torch.nn.Module):
+    """The shared model times 3: its outputs read as x0 or v then reach past [-1, 1], so that
+    clipping and thresholding act at every step for every prediction type."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t):
+        return 3.0 * self.model(x, t)
+
+
+# Our sampler settings and diffusers' scheduler config for the same bound on x0. The ratio 0.9
+# and the maximum 2.0 put the threshold between 1 and its cap, where the quantile matters.
+BOUNDS = {
+    "clip": (dict(clip_sample=True, clip_sample_range=1.0), dict(clip_sample=True, clip_sample_range=1.0)),
+    "threshold": (dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0),
+                  dict(clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0)),
+}
+
+
+@torch.no_grad()
+def diffusers_run(scheduler, steps, model, x_T, generator=None, **step_kwargs):
+    """diffusers' loop with an optional generator for the noise (drawn in the same order as ours)."""
+    scheduler.set_timesteps(steps)
+    x = x_T.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t.expand(x.shape[0])), t, x, generator=generator, **step_kwargs).prev_sample
+    return x
+
+
+def ours_run(prediction_type, sampler, model, x_T, seed=None, fused=True):
+    d = GaussianDiffusion(T, fused=fused, prediction_type=prediction_type)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return sample(d, model, x_T, sampler=sampler, generator=generator)
+
+
+@pytest.mark.parametrize("fused", FUSED)
+@pytest.mark.parametrize("prediction_type", samplers.PREDICTION_TYPES)
+@pytest.mark.parametrize("bound", [None, "clip", "threshold"])
+def test_ddpm_with_each_prediction_type_and_bound_equals_diffusers(model, x_T, fused, prediction_type, bound):
+    # diffusers draws the noise of t > 0 from the generator, we draw one more at t = 0 (weight 0):
+    # the same draws reach the same steps.
+    ours_bound, their_bound = BOUNDS[bound] if bound else ({}, dict(clip_sample=False))
+    net = Scaled(model)
+    ours = ours_run(prediction_type, samplers.DDPMSampler(**ours_bound), net, x_T, seed=11, fused=fused)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=T, trained_betas=betas().numpy(),
+                                        prediction_type=prediction_type, variance_type="fixed_small", **their_bound)
+    theirs = diffusers_run(scheduler, T, net, x_T, generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fused", FUSED)
+@pytest.mark.parametrize("prediction_type", samplers.PREDICTION_TYPES)
+@pytest.mark.parametrize("bound", ["clip", "threshold"])
+@pytest.mark.parametrize("use_clipped_model_output", [False, True])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_with_each_prediction_type_and_bound_equals_diffusers(model, x_T, fused, prediction_type, bound,
+                                                                   use_clipped_model_output, eta):
+    ours_bound, their_bound = BOUNDS[bound]
+    net = Scaled(model)
+    chosen = samplers.DDIMSampler(10, eta, "leading", use_clipped_model_output=use_clipped_model_output, **ours_bound)
+    ours = ours_run(prediction_type, chosen, net, x_T, seed=12, fused=fused)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=T, trained_betas=betas().numpy(),
+                                        prediction_type=prediction_type, timestep_spacing="leading", **their_bound)
+    theirs = diffusers_run(scheduler, 10, net, x_T, generator=torch.Generator().manual_seed(12), eta=eta,
+                           use_clipped_model_output=use_clipped_model_output)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fused", FUSED)
+@pytest.mark.parametrize("prediction_type", samplers.PREDICTION_TYPES)
+@pytest.mark.parametrize("thresholding", [False, True])
+@pytest.mark.parametrize("sde", [False, True])
+@pytest.mark.parametrize("steps", [1, 2, 10, 20])
+def test_dpm_solvers_with_each_prediction_type_equal_diffusers(model, x_T, fused, prediction_type, thresholding,
+                                                               sde, steps):
+    # diffusers' DPMSolverMultistepScheduler bounds x0 by thresholding only (no clip_sample).
+    ours_bound, their_bound = BOUNDS["threshold"] if thresholding else ({}, {})
+    their_bound = {k: v for k, v in their_bound.items() if k != "clip_sample"}
+    net = Scaled(model)
+    cls = samplers.SDEDPMSolverPlusPlusSampler if sde else samplers.DPMSolverPlusPlusSampler
+    ours = ours_run(prediction_type, cls(steps, "trailing", **ours_bound), net, x_T, seed=13, fused=fused)
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, trained_betas=betas().numpy(), prediction_type=prediction_type,
+        algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++", solver_order=2, timestep_spacing="trailing",
+        **their_bound)
+    theirs = diffusers_run(scheduler, steps, net, x_T, generator=torch.Generator().manual_seed(13))
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_clip_sample_in_dpm_solver_bounds_every_data_prediction(model, x_T):
+    # No diffusers twin (its DPM-Solver has thresholding only): every step's x0, the one that
+    # enters the update and the history, lies in [-r, r].
+    d = GaussianDiffusion(T)
+    chosen = samplers.DPMSolverPlusPlusSampler(10, clip_sample=True, clip_sample_range=0.5).set_schedule(
+        d.alphas_cumprod64)
+    x, prev_x0 = x_T.clone(), None
+    for k, timestep in enumerate(chosen.timesteps.tolist()):
+        step = torch.full((BATCH,), k)
+        with torch.no_grad():
+            x, x0 = chosen.step(x, Scaled(model)(x, torch.full((BATCH,), timestep)), step, prev_x0)
+        assert x0.abs().max() <= 0.5
+        prev_x0 = x0
+    torch.testing.assert_close(x, x0)  # the last step returns its data prediction
+
+
+@pytest.mark.parametrize("bound", ["clip", "threshold"])
+def test_bounds_change_the_samples(model, x_T, bound):
+    # The agreement tests above would pass vacuously if x0 never left [-1, 1]: it does here.
+    net = Scaled(model)
+    plain = ours_run("epsilon", samplers.DDIMSampler(10), net, x_T)
+    bounded = ours_run("epsilon", samplers.DDIMSampler(10, **BOUNDS[bound][0]), net, x_T)
+    assert (plain - bounded).abs().max() > 0.1
+
+
+def test_the_default_ddpm_sampler_clips_nothing(model, x_T):
+    # The seed's sampler: unbounded x0, and x0's terms folded into x and eps as in the blog.
+    chosen = samplers.DDPMSampler()
+    assert not chosen.clip_sample and not chosen.thresholding and chosen.clipping_args()[:2] == (0.0, 0.0)
+    table = chosen.set_schedule(alphas_cumprod()).coefficients
+    assert (table[:, 2] == 0).all()
+
+
+def test_bad_clipping_and_prediction_type_arguments_are_named():
+    with pytest.raises(ValueError, match=r"prediction_type='x0' is not known; choose one of"):
+        GaussianDiffusion(T, prediction_type="x0")
+    with pytest.raises(ValueError, match=r"prediction_type='velocity' is not known"):
+        samplers.DDIMSampler(10).set_schedule(alphas_cumprod(), "velocity")
+    with pytest.raises(ValueError, match=r"dynamic_thresholding_ratio must lie in \(0, 1\], got 1.5"):
+        samplers.DDIMSampler(10, thresholding=True, dynamic_thresholding_ratio=1.5)
+    with pytest.raises(ValueError, match=r"dynamic_thresholding_ratio must lie in \(0, 1\], got 0"):
+        samplers.DPMSolverPlusPlusSampler(10, thresholding=True, dynamic_thresholding_ratio=0)
+    with pytest.raises(ValueError, match=r"sample_max_value must be a number > 0, got 0"):
+        samplers.DDPMSampler(thresholding=True, sample_max_value=0)
+    with pytest.raises(ValueError, match=r"sample_max_value must be a number > 0, got -1"):
+        samplers.SDEDPMSolverPlusPlusSampler(10, thresholding=True, sample_max_value=-1)
+    with pytest.raises(ValueError, match=r"clip_sample_range must be a number > 0"):
+        samplers.DDIMSampler(10, clip_sample=True, clip_sample_range=0)
+    with pytest.raises(ValueError, match=r"clip_sample and thresholding are two ways to bound x0"):
+        samplers.DDIMSampler(10, clip_sample=True, thresholding=True)
+    with pytest.raises(ValueError, match=r"use_clipped_model_output is DDIM's"):
+        samplers.make_sampler("dpm-solver++", 10, use_clipped_model_output=True)
+
+
+def test_prediction_type_changes_the_tables():
+    chosen = samplers.DDIMSampler(10)
+    eps_table = chosen.set_schedule(alphas_cumprod(), "epsilon").coefficients
+    v_table = chosen.set_schedule(alphas_cumprod(), "v_prediction").coefficients
+    assert chosen.prediction_type == "v_prediction" and not torch.equal(eps_table, v_table)
+    abar = alphas_cumprod()[chosen.timesteps]
+    torch.testing.assert_close(v_table[:, 5], abar.sqrt())  # x0 = sqrt(abar) x - sqrt(1 - abar) v
+    torch.testing.assert_close(v_table[:, 6], -(1 - abar).sqrt())

@@ -244,32 +244,43 @@ Tensor linear_attention_backward_cuda(const Tensor& grad_out, const Tensor& qkv_
   return grad_qkv;
 }
 
-std::tuple<Tensor, Tensor> sampler_update_cuda(const Tensor& x_in, const Tensor& eps_in,
+std::tuple<Tensor, Tensor> sampler_update_cuda(const Tensor& x_in, const Tensor& m_in,
                                                const std::optional<Tensor>& prev_in,
                                                const std::optional<Tensor>& noise_in,
-                                               const Tensor& step_in, const Tensor& coefs_in) {
-  check_sampler_update_args(x_in, eps_in, prev_in, noise_in, step_in, coefs_in);
+                                               const Tensor& step_in, const Tensor& coefs_in,
+                                               double clip_sample_range, double dynamic_thresholding_ratio,
+                                               double sample_max_value) {
+  check_sampler_update_args(x_in, m_in, prev_in, noise_in, step_in, coefs_in, clip_sample_range,
+                            dynamic_thresholding_ratio, sample_max_value);
   const CudaDeviceGuard guard(x_in);
-  const auto format = per_sample_format(x_in, {&eps_in, present(prev_in), present(noise_in)});
-  const Tensor x = as_contiguous(x_in, format), eps = as_contiguous(eps_in, format);
+  const auto format = per_sample_format(x_in, {&m_in, present(prev_in), present(noise_in)});
+  const Tensor x = as_contiguous(x_in, format), m = as_contiguous(m_in, format);
   const auto prev = in_format(prev_in, format), noise = in_format(noise_in, format);
   const Tensor step = as_contiguous(step_in);
   // The kernel reads the table in its accumulation type, so fp64 samples keep fp64 coefficients.
   const Tensor coefs = as_contiguous(st::to(coefs_in, acc_dtype(x)));
   Tensor out = empty(x.sizes(), x, x.scalar_type(), format);
   Tensor x0 = empty(x.sizes(), x, x.scalar_type(), format);
+  // Thresholding's per-sample scales stay on the device, between its two kernels.
+  const bool threshold = dynamic_thresholding_ratio > 0;
+  const std::optional<Tensor> scales =
+      threshold ? std::optional<Tensor>(empty({x.size(0)}, x, acc_dtype(x))) : std::nullopt;
   cuda::SamplerUpdateParams p{};
   p.x = x.const_data_ptr();
-  p.eps = eps.const_data_ptr();
+  p.model_output = m.const_data_ptr();
   p.prev_x0 = ptr_or_null(prev);
   p.noise = ptr_or_null(noise);
   p.out = out.mutable_data_ptr();
   p.x0 = x0.mutable_data_ptr();
   p.step = step.const_data_ptr<int64_t>();
   p.coefs = coefs.const_data_ptr();
+  p.scales = scales.has_value() ? scales->mutable_data_ptr() : nullptr;
   p.batch = x.size(0);
   p.per_sample = p.batch ? x.numel() / p.batch : 0;
   p.steps = coefs.size(0);
+  p.clip_sample_range = clip_sample_range;
+  p.dynamic_thresholding_ratio = dynamic_thresholding_ratio;
+  p.sample_max_value = sample_max_value;
   p.dtype = dtype_of("sampler_update", x);
   check_launch("sampler_update", cuda::launch_sampler_update(p, current_stream(x)));
   return {out, x0};

@@ -85,23 +85,27 @@ inline int64_t max_head_dim(DType dtype) { return dtype == DType::kFloat64 ? 32 
 const char* launch_linear_attention_forward(const LinearAttentionParams& p, void* stream);
 const char* launch_linear_attention_backward(const LinearAttentionParams& p, void* stream);
 
-// One step of any sampler (sampler_update; DDPM, DDIM, DPM-Solver++). For element i of sample b,
-// s = step[b] and its coefficient row c = coefs + 6 * s:
-//   x0[i]  = c[4] * x[i] + c[5] * eps[i]
-//   out[i] = c[0] * x[i] + c[1] * eps[i] + c[2] * prev_x0[i] + c[3] * noise[i]
+// One step of any sampler (sampler_update; DDPM, DDIM, DPM-Solver++, SDE-DPM-Solver++). For
+// element i of sample b, m the model output, s = step[b] and its coefficient row c = coefs + 7 * s:
+//   x0[i]  = clamp(c[5] * x[i] + c[6] * m[i])   (clip_sample_range > 0, or scales: thresholding)
+//   out[i] = c[0] * x[i] + c[1] * m[i] + c[2] * x0[i] + c[3] * prev_x0[i] + c[4] * noise[i]
 struct SamplerUpdateParams {
-  const void* x;        // (B, per_sample) in `dtype`, sample b at b * per_sample (NCHW or NHWC)
-  const void* eps;      // same layout as x: the model's predicted noise
-  const void* prev_x0;  // same layout as x, or nullptr (term dropped): the previous step's x0
-  const void* noise;    // same layout as x, or nullptr (term dropped): fresh Gaussian noise
-  void* out;            // same layout as x: the next sample
-  void* x0;             // same layout as x: this step's prediction of the clean sample
-  const int64_t* step;  // (B,) row of coefs per sample; an out-of-range row yields NaN (no host sync)
-  const void* coefs;    // (steps, 6) row-major, in the accumulation type: fp64 for fp64, else fp32
-  int64_t batch;        // B
-  int64_t per_sample;   // elements of one sample
-  int64_t steps;        // rows of coefs
-  DType dtype;          // element type of x, eps, prev_x0, noise, out and x0
+  const void* x;             // (B, per_sample) in `dtype`, sample b at b * per_sample (NCHW or NHWC)
+  const void* model_output;  // same layout as x: the model's prediction (eps, x0 or v)
+  const void* prev_x0;       // same layout as x, or nullptr (term dropped): the previous step's x0
+  const void* noise;         // same layout as x, or nullptr (term dropped): fresh Gaussian noise
+  void* out;                 // same layout as x: the next sample
+  void* x0;                  // same layout as x: this step's (clipped) prediction of the clean sample
+  const int64_t* step;       // (B,) row of coefs per sample; an out-of-range row yields NaN (no host sync)
+  const void* coefs;         // (steps, 7) row-major, in the accumulation type: fp64 for fp64, else fp32
+  void* scales;              // (B,) in the accumulation type when thresholding (written, then read), else nullptr
+  int64_t batch;             // B
+  int64_t per_sample;        // elements of one sample
+  int64_t steps;             // rows of coefs
+  double clip_sample_range;  // > 0: x0 clamped to [-range, range]; 0: not clipped
+  double dynamic_thresholding_ratio;  // the quantile of |x0| that thresholding takes (with scales)
+  double sample_max_value;   // the largest threshold scale
+  DType dtype;               // element type of x, model_output, prev_x0, noise, out and x0
 };
 
 const char* launch_sampler_update(const SamplerUpdateParams& p, void* stream);

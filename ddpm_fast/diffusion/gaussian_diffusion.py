@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..ops import reference
-from .samplers import DDPMSampler, Sampler, make_sampler
+from .samplers import DDPMSampler, Sampler, check_prediction_type, make_sampler
 from .schedules import make_beta_schedule
 
 LOSS_TYPES = ("l1", "l2", "huber")
@@ -28,13 +28,17 @@ class GaussianDiffusion(nn.Module):
     Args:
         timesteps: number of diffusion steps T.
         beta_schedule: 'linear' (the blog's choice), 'cosine', 'quadratic' or 'sigmoid'.
+        prediction_type: what the model predicts, as in diffusers: 'epsilon' (the noise; the
+            blog's), 'sample' (the clean image) or 'v_prediction' (v = sqrt(abar) * noise -
+            sqrt(1 - abar) * x0). The loss trains it; every sampler reads it.
         fused: use the compiled q_sample / sampler_update kernels. ``None`` (default) uses them when
             the extension is loaded; ``False`` forces the pure-PyTorch reference; ``True``
             raises if the extension is not available.
     """
 
-    def __init__(self, timesteps=200, beta_schedule="linear", fused=None):
+    def __init__(self, timesteps=200, beta_schedule="linear", fused=None, prediction_type="epsilon"):
         super().__init__()
+        check_prediction_type(prediction_type)
         betas = make_beta_schedule(beta_schedule, timesteps)
         if fused and not ops.compiled_ops_loaded():
             raise RuntimeError(
@@ -43,6 +47,7 @@ class GaussianDiffusion(nn.Module):
         self.fused = ops.compiled_ops_loaded() if fused is None else bool(fused)
         self.timesteps = timesteps
         self.beta_schedule = beta_schedule
+        self.prediction_type = prediction_type
 
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         # The one alphas_cumprod: every sampler's tables are computed from it, in float64.
@@ -63,11 +68,12 @@ class GaussianDiffusion(nn.Module):
         buffer("sqrt_one_minus_alphas_cumprod", torch.sqrt(1.0 - alphas_cumprod))
         buffer("posterior_variance", posterior_variance)
         # p_sample's update is a row of the DDPM sampler's table (row T - 1 - t).
-        self.ddpm = DDPMSampler().set_schedule(alphas_cumprod)
+        self.ddpm = DDPMSampler().set_schedule(alphas_cumprod, prediction_type)
         self._by_name = {}  # the samplers the string shorthand built, so their tables are computed once
 
     def extra_repr(self):
-        return f"timesteps={self.timesteps}, beta_schedule={self.beta_schedule!r}, fused={self.fused}"
+        return (f"timesteps={self.timesteps}, beta_schedule={self.beta_schedule!r}, "
+                f"prediction_type={self.prediction_type!r}, fused={self.fused}")
 
     def _ops(self):
         return ops if self.fused else reference
@@ -98,22 +104,52 @@ class GaussianDiffusion(nn.Module):
             x_start, t.long(), self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod, noise
         )
 
-    def p_losses(self, denoise_model, x_start, t, noise=None, loss_type="l1"):
-        """The training loss: how well ``denoise_model(x_t, t)`` predicts the added noise.
+    def p_losses(self, denoise_model, x_start, t, noise=None, loss_type="l1", min_snr_gamma=None):
+        """The training loss: how well ``denoise_model(x_t, t)`` predicts its target, the added
+        noise, the clean image or v by ``prediction_type``.
 
-        loss_type: 'l1', 'l2' (MSE) or 'huber' (smooth L1). Returns a scalar tensor.
+        x_start: (B, C, H, W); t: (B,). loss_type: 'l1', 'l2' (MSE) or 'huber' (smooth L1).
+        ``min_snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023), each sample's loss times
+        ``min(SNR_t, gamma) / SNR_t`` for epsilon, ``min(SNR_t, gamma)`` for sample and
+        ``min(SNR_t, gamma) / (SNR_t + 1)`` for v, with SNR_t = abar_t / (1 - abar_t); None (the
+        blog's) weighs every timestep alike. Returns a scalar tensor.
         """
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={loss_type!r} is not known; choose one of {LOSS_TYPES}")
+        if min_snr_gamma is not None and (isinstance(min_snr_gamma, bool) or not min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma must be a number > 0, or None for no weighting, got {min_snr_gamma!r}")
         if noise is None:
             noise = torch.randn_like(x_start)
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
-        predicted_noise = denoise_model(x_noisy, t)
-        if loss_type == "l1":
-            return F.l1_loss(noise, predicted_noise)
-        if loss_type == "l2":
-            return F.mse_loss(noise, predicted_noise)
-        return F.smooth_l1_loss(noise, predicted_noise)
+        prediction = denoise_model(x_noisy, t)
+        target = self.training_target(x_start, t, noise)
+        loss = {"l1": F.l1_loss, "l2": F.mse_loss, "huber": F.smooth_l1_loss}[loss_type]
+        if min_snr_gamma is None:
+            return loss(target, prediction)
+        per_sample = loss(target, prediction, reduction="none").flatten(1).mean(dim=1)
+        return (per_sample * self.min_snr_weights(t, min_snr_gamma).to(per_sample.dtype)).mean()
+
+    def training_target(self, x_start, t, noise):
+        """What the model learns to predict at (x_start, t, noise), by ``prediction_type``:
+        (B, C, H, W)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return x_start
+        a = reference.gather_timesteps(self.sqrt_alphas_cumprod, t.long(), x_start.dim()).to(x_start.dtype)
+        s = reference.gather_timesteps(self.sqrt_one_minus_alphas_cumprod, t.long(), x_start.dim()).to(x_start.dtype)
+        return a * noise - s * x_start
+
+    def min_snr_weights(self, t, gamma):
+        """Min-SNR-gamma's loss weight of each sample at timesteps t (B,): (B,) float32."""
+        abar = self.alphas_cumprod.gather(0, t.long())
+        snr = abar / (1.0 - abar)
+        clipped = snr.clamp(max=gamma)
+        if self.prediction_type == "epsilon":
+            return clipped / snr
+        if self.prediction_type == "sample":
+            return clipped
+        return clipped / (snr + 1.0)
 
     @torch.no_grad()
     def p_sample(self, model, x, t, t_index, noise=None):
@@ -128,8 +164,9 @@ class GaussianDiffusion(nn.Module):
         self.check_timesteps(t, x)
         if noise is None:
             noise = torch.randn_like(x)
-        eps = model(x, t.long())
-        x_prev, _ = self.ddpm.step(x, eps.to(x.dtype), self.timesteps - 1 - t.long(), noise=noise, fused=self.fused)
+        model_output = model(x, t.long())
+        x_prev, _ = self.ddpm.step(x, model_output.to(x.dtype), self.timesteps - 1 - t.long(), noise=noise,
+                                   fused=self.fused)
         return x_prev
 
     def _as_sampler(self, sampler, steps, eta, timestep_spacing):
@@ -150,7 +187,7 @@ class GaussianDiffusion(nn.Module):
         else:
             raise TypeError(f"sampler must be a Sampler object (e.g. DDIMSampler(steps=50)) or one of "
                             f"its names, got {type(sampler).__name__}")
-        return sampler.set_schedule(self.alphas_cumprod64)
+        return sampler.set_schedule(self.alphas_cumprod64, self.prediction_type)
 
     @torch.no_grad()
     def p_sample_loop(self, model, shape, return_all_timesteps=True, progress=True, cuda_graph=False, *,
@@ -158,15 +195,17 @@ class GaussianDiffusion(nn.Module):
         """Run the reverse process from noise with one of the samplers.
 
         Args:
-            model: the noise model, ``model(x, t) -> eps`` with ``x: (B, C, H, W)``, ``t: (B,)``.
+            model: the trained model, ``model(x, t) -> eps`` (or x0 or v, by ``prediction_type``)
+                with ``x: (B, C, H, W)``, ``t: (B,)``.
             shape: (B, C, H, W) of the images.
             return_all_timesteps: return every visited step, else only the final images.
             progress: show a progress bar over the steps.
             cuda_graph: capture the whole loop as one CUDA graph and replay it (CUDA models only).
             sampler: a :class:`~ddpm_fast.diffusion.samplers.Sampler` object, e.g.
                 ``DDIMSampler(steps=50, eta=0.0)``; or the shorthand of its name: 'ddpm' (the
-                blog's ancestral sampler, all T steps; the default), 'ddim' or 'dpm-solver++'
-                (the second-order multistep solver with data prediction).
+                blog's ancestral sampler, all T steps; the default), 'ddim', 'dpm-solver++'
+                (the second-order multistep solver with data prediction) or 'sde-dpm-solver++'
+                (its stochastic form). Clipping and thresholding are settings of the objects.
             steps, eta, timestep_spacing: with a name only, the settings of the sampler it
                 builds (see :func:`~ddpm_fast.diffusion.samplers.make_sampler`): S model
                 evaluations (None for T; 'ddpm' takes only T), DDIM's noise scale in [0, 1],
@@ -234,8 +273,8 @@ class GaussianDiffusion(nn.Module):
             step.fill_(k)
             t.fill_(timesteps[k])
             noise = _randn(x.shape, generator, x.device, x.dtype) if sampler.uses_noise else None
-            eps = model(x, t).to(x.dtype)
-            x, x0 = sampler.step(x, eps, step, prev_x0, noise, fused=self.fused)
+            model_output = model(x, t).to(x.dtype)
+            x, x0 = sampler.step(x, model_output, step, prev_x0, noise, fused=self.fused)
             prev_x0 = x0 if sampler.uses_prev_x0 else None
             if record is not None:
                 record[k].copy_(x)

@@ -92,26 +92,54 @@ def projected_linear_attention(x, w_qkv, heads, scale):
     return linear_attention(F.conv2d(x, w_qkv), heads, scale)
 
 
-def sampler_update(x, eps, prev_x0, noise, step, coefs):
-    """One step of any sampler of :mod:`ddpm_fast.diffusion.samplers` (DDPM, DDIM, DPM-Solver++).
+def threshold_scale(x0, dynamic_thresholding_ratio, sample_max_value):
+    """Dynamic thresholding's per-sample scale (Imagen; diffusers' ``_threshold_sample``):
+    ``s = clamp(quantile(|x0|, ratio), 1, sample_max_value)`` over each sample's elements.
+
+    x0: (B, ...) -> (B, 1, ..., 1) in x0's dtype (the quantile in float32 for half types).
+    """
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    s = torch.quantile(flat, dynamic_thresholding_ratio, dim=1)
+    s = torch.clamp(s, min=1.0, max=sample_max_value)
+    return s.to(x0.dtype).reshape(x0.shape[0], *((1,) * (x0.dim() - 1)))
+
+
+def sampler_update(x, model_output, prev_x0, noise, step, coefs, clip_sample_range=0.0,
+                   dynamic_thresholding_ratio=0.0, sample_max_value=1.0):
+    """One step of any sampler of :mod:`ddpm_fast.diffusion.samplers` (DDPM, DDIM, DPM-Solver++,
+    SDE-DPM-Solver++), for any prediction type.
 
     With ``c = coefs[step[b]]`` for sample b (columns ``samplers.COEFFICIENTS``)::
 
-        x0     = c[4] * x + c[5] * eps
-        x_next = c[0] * x + c[1] * eps + c[2] * prev_x0 + c[3] * noise
+        x0     = c[5] * x + c[6] * model_output       (the data prediction)
+        x0     = clip(x0)                             (clip_sample_range > 0: clamp to its range;
+                                                       dynamic_thresholding_ratio > 0: threshold)
+        x_next = c[0] * x + c[1] * model_output + c[2] * x0 + c[3] * prev_x0 + c[4] * noise
 
-    x, eps: (B, ...); prev_x0, noise: (B, ...) or None (their terms are dropped); step: (B,)
-    int64 rows of coefs in [0, S); coefs: (S, 6), float32 or x's dtype. Returns (x_next, x0).
+    Thresholding is diffusers': ``s = clamp(quantile(|x0|, ratio), 1, sample_max_value)`` per
+    sample, then ``x0 = clamp(x0, -s, s) / s``. At most one of the two is on.
+
+    x, model_output: (B, ...); prev_x0, noise: (B, ...) or None (their terms are dropped); step:
+    (B,) int64 rows of coefs in [0, S); coefs: (S, 7), float32 or x's dtype. Returns (x_next, x0).
     """
+    if clip_sample_range > 0 and dynamic_thresholding_ratio > 0:
+        raise ValueError("sampler_update: clip_sample_range and dynamic_thresholding_ratio are exclusive; set one")
     rows = coefs.index_select(0, step).to(x.dtype)
 
     def column(j):
         return rows[:, j].reshape(step.shape[0], *((1,) * (x.dim() - 1)))
 
-    x0 = column(4) * x + column(5) * eps
-    x_next = column(0) * x + column(1) * eps
+    x0 = column(5) * x + column(6) * model_output
+    if clip_sample_range > 0:
+        x0 = x0.clamp(-clip_sample_range, clip_sample_range)
+    elif dynamic_thresholding_ratio > 0 and x0.numel() > 0:
+        s = threshold_scale(x0, dynamic_thresholding_ratio, sample_max_value)
+        x0 = torch.clamp(x0, -s, s) / s
+    x_next = column(0) * x + column(1) * model_output + column(2) * x0
     if prev_x0 is not None:
-        x_next = x_next + column(2) * prev_x0
+        x_next = x_next + column(3) * prev_x0
     if noise is not None:
-        x_next = x_next + column(3) * noise
+        x_next = x_next + column(4) * noise
     return x_next, x0

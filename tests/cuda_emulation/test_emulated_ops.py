@@ -296,20 +296,43 @@ def test_linear_attention_in_half_precision(E):
 def sampler_args(batch, shape, dtype=torch.float32, optional=True, steps=9):
     x = torch.randn(batch, *shape, dtype=dtype)
     prev, noise = (torch.randn_like(x) if optional else None for _ in range(2))
-    coefs = torch.randn(steps, 6, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    coefs = torch.randn(steps, 7, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     return [x, torch.randn_like(x), prev, noise, torch.randint(0, steps, (batch,)), coefs]
+
+
+# (clip_sample_range, dynamic_thresholding_ratio, sample_max_value): none, clipping, and
+# thresholding between the order statistics, at the largest one, and clamped to the maximum.
+X0_CLAMPS = [(0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.0, 0.9, 3.0), (0.0, 1.0, 100.0), (0.0, 0.5, 1.2)]
+X0_CLAMP_IDS = ["none", "clip", "threshold", "threshold-top", "threshold-max"]
 
 
 @pytest.mark.parametrize("device", [emulation.H100, emulation.SMALL])
 @pytest.mark.parametrize("optional", [True, False])
 @pytest.mark.parametrize("batch, shape", [(5, (3, 7, 7)), (1, (1, 2, 3)), (0, (3, 4, 4)), (7, (2, 33, 35))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sampler_update_matches_the_reference(E, device, optional, batch, shape, dtype):
-    # On the small device the 5- and 7-sample batches run past its grid.y limit.
+@pytest.mark.parametrize("clamp", X0_CLAMPS, ids=X0_CLAMP_IDS)
+def test_sampler_update_matches_the_reference(E, device, optional, batch, shape, dtype, clamp):
+    # On the small device the 5- and 7-sample batches run past its grid.y limit. Thresholding's
+    # radix select runs its block's threads in every schedule, so a missing barrier would show.
     args = sampler_args(batch, shape, dtype, optional)
-    got = run_under_every_schedule(lambda: E.sampler_update(*args), device=device)
-    for ours, expected in zip(got, reference.sampler_update(*args)):
+    got = run_under_every_schedule(lambda: E.sampler_update(*args, *clamp), device=device)
+    for ours, expected in zip(got, reference.sampler_update(*args, *clamp)):
         torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_thresholding_with_ties_and_nan(E, dtype):
+    # Repeated magnitudes (the radix select's equal keys) and a sample with a NaN, which ranks as
+    # +inf on both backends: its NaN element stays NaN, the others are thresholded.
+    x0 = torch.tensor([[3.0, -3.0, 3.0, 0.5, -2.0, 2.0, 2.0, 0.0], [1.5, float("nan"), -4.0, 0.25, 2.0, -2.0, 1.0, 3.0]],
+                      dtype=dtype).reshape(2, 2, 2, 2)
+    coefs = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]], dtype=dtype)
+    args = (torch.zeros_like(x0), x0, None, None, torch.zeros(2, dtype=torch.long), coefs, 0.0, 0.6, 10.0)
+    ours, cpu = E.sampler_update(*args), torch.ops.ddpm_fast.sampler_update(*args)
+    for got, expected in zip(ours, cpu):
+        torch.testing.assert_close(got, expected, equal_nan=True)
+    torch.testing.assert_close(ours[1][0], reference.sampler_update(*args)[1][0])
+    assert ours[1][1].isnan().sum() == 1
 
 
 def test_sampler_update_in_half_precision(E):
@@ -334,12 +357,13 @@ def test_sampler_update_on_every_layout(E, x_layout, other_layout, memory_format
 def test_sampler_update_float64_coefficients_and_bad_steps(E):
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)  # coefficients float32 cannot hold
     args = (x, torch.randn_like(x), torch.randn_like(x), torch.randn_like(x), torch.tensor([1, 0]),
-            1 + torch.rand(2, 6, dtype=torch.float64) * 1e-9)
+            1 + torch.rand(2, 7, dtype=torch.float64) * 1e-9)
     for ours, expected in zip(E.sampler_update(*args), reference.sampler_update(*args)):
         torch.testing.assert_close(ours, expected, rtol=1e-14, atol=1e-14)
     x = torch.randn(2, 1, 4, 4)  # a step outside the table: NaN samples, no crash, no host sync
-    out, x0 = E.sampler_update(x, torch.randn_like(x), None, None, torch.tensor([0, 5]), torch.randn(3, 6))
-    assert torch.isfinite(out[0]).all() and out[1].isnan().all() and x0[1].isnan().all()
+    for clamp in X0_CLAMPS:
+        out, x0 = E.sampler_update(x, torch.randn_like(x), None, None, torch.tensor([0, 5]), torch.randn(3, 7), *clamp)
+        assert torch.isfinite(out[0]).all() and out[1].isnan().all() and x0[1].isnan().all()
 
 
 # ---------------------------------------------------------------- the ops as torch sees them
@@ -357,7 +381,10 @@ def test_opcheck_per_sample_ops_on_every_layout(E, x_layout, other_layout, memor
     for prev_x0 in (None, in_layout(prev, other_layout)):
         torch.library.opcheck(E.sampler_update, (in_layout(x, x_layout), in_layout(eps, other_layout), prev_x0,
                                                  in_layout(noise, other_layout), t.clamp(max=2),
-                                                 torch.randn(3, 6, dtype=torch.float64)))
+                                                 torch.randn(3, 7, dtype=torch.float64)))
+        torch.library.opcheck(E.sampler_update, (in_layout(x, x_layout), in_layout(eps, other_layout), prev_x0,
+                                                 None, t.clamp(max=2), torch.randn(3, 7, dtype=torch.float64),
+                                                 0.0, 0.9, 2.0))
 
 
 def test_opcheck_group_norm_act_and_linear_attention(E):
