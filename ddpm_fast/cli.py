@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from .data import DATASETS, DataError, load_dataset
-from .diffusion import (BETA_SCHEDULES, DEFAULT_TIMESTEP_SPACING, LOSS_TYPES, SAMPLERS, TIMESTEP_SPACINGS,
-                        GaussianDiffusion, make_sampler)
+from .diffusion import (BETA_SCHEDULES, DEFAULT_TIMESTEP_SPACING, LOSS_TYPES, PREDICTION_TYPES, SAMPLERS,
+                        TIMESTEP_SPACINGS, GaussianDiffusion, make_sampler)
 from .train import LOSS_CURVE_NAME, TrainConfig, load_checkpoint, model_from_checkpoint, pick_device, train
 from .train.distributed import env_rank
 from .train.precision import PRECISIONS
@@ -72,6 +72,9 @@ _TRAIN_HELP = {
     "timesteps": "diffusion steps T (default %(default)s)",
     "beta_schedule": "beta schedule (default %(default)s)",
     "loss_type": "training loss (default %(default)s)",
+    "prediction_type": "what the model predicts: epsilon, the noise (default, the blog's); sample, the clean "
+                       "image; v_prediction, v = sqrt(abar) noise - sqrt(1 - abar) x0. The checkpoint records it",
+    "min_snr_gamma": "Min-SNR-gamma loss weighting with this gamma, e.g. 5 (default: none, every timestep alike)",
     "batch_size": "global batch: images per optimizer step, over all processes (default %(default)s)",
     "grad_accum": "accumulate gradients over K micro-batches per optimizer step (default 1)",
     "precision": "fp32 (default), or autocast to bf16, or to fp16 with a GradScaler",
@@ -90,13 +93,13 @@ _TRAIN_HELP = {
                       "(default %(default)g)",
 }
 _TRAIN_CHOICES = {"dataset": DATASETS, "beta_schedule": sorted(BETA_SCHEDULES), "loss_type": LOSS_TYPES,
-                  "precision": PRECISIONS}
+                  "prediction_type": PREDICTION_TYPES, "precision": PRECISIONS}
 _TRAIN_ALIASES = {"resnet_block_groups": ["--groups"], "beta_schedule": ["--schedule"], "loss_type": ["--loss"],
                   "save_and_sample_every": ["--save-every"], "out_dir": ["--out"],
                   "dist_timeout_s": ["--dist-timeout"]}
 _TRAIN_METAVARS = {"data_dir": "DIR", "image_size": "N", "dim": "N", "dim_mults": "M1,M2,...",
                    "resnet_block_groups": "N", "timesteps": "T", "batch_size": "N", "grad_accum": "K", "steps": "N",
-                   "ema_decay": "DECAY", "log_every": "N", "save_and_sample_every": "N", "num_samples": "N",
+                   "ema_decay": "DECAY", "min_snr_gamma": "GAMMA", "log_every": "N", "save_and_sample_every": "N", "num_samples": "N",
                    "out_dir": "DIR", "dist_timeout_s": "SECONDS"}
 
 
@@ -189,13 +192,28 @@ def _add_sampling_args(p):
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
     p.add_argument("--no-accelerate", action="store_true", help="sample with the reference ops")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
-                   help="ddpm: the seed's ancestral sampler, all T steps (default); ddim; "
-                   "dpm-solver++: second-order multistep, good in 10-20 steps")
+                   help="ddpm: the blog's ancestral sampler, all T steps (default); ddim; "
+                   "dpm-solver++: second-order multistep, good in 10-20 steps; sde-dpm-solver++: its "
+                   "stochastic form")
     p.add_argument("--steps", type=int, help="sampler steps (model evaluations); default: all T")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM's noise scale in [0, 1]: 0 deterministic (default), 1 the DDPM posterior")
     p.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS, default=DEFAULT_TIMESTEP_SPACING,
                    help=f"where the steps fall in [0, T), as in diffusers (default: {DEFAULT_TIMESTEP_SPACING})")
+    bound = p.add_mutually_exclusive_group()
+    bound.add_argument("--clip-sample", action="store_true",
+                       help="clamp each step's predicted clean image to [-R, R] (diffusers' clip_sample)")
+    bound.add_argument("--thresholding", action="store_true",
+                       help="dynamic thresholding of each step's predicted clean image instead (Imagen; "
+                       "diffusers' thresholding)")
+    p.add_argument("--clip-sample-range", type=float, default=1.0, metavar="R",
+                   help="the clamp's bound R of --clip-sample (default %(default)g)")
+    p.add_argument("--dynamic-thresholding-ratio", type=float, default=0.995, metavar="P",
+                   help="the quantile of |x0| that --thresholding scales by, in (0, 1] (default %(default)g)")
+    p.add_argument("--sample-max-value", type=float, default=1.0, metavar="S",
+                   help="the largest scale of --thresholding (default %(default)g)")
+    p.add_argument("--use-clipped-model-output", action="store_true",
+                   help="DDIM: re-derive the noise from the clipped clean image (lucidrains' ddim_sample)")
 
 
 def _load_model(args):
@@ -213,7 +231,13 @@ def _load_model(args):
 
 def _sampler(args):
     """The sampler object the sampling flags describe."""
-    return make_sampler(args.sampler, steps=args.steps, eta=args.eta, timestep_spacing=args.timestep_spacing)
+    options = dict(clip_sample=args.clip_sample, clip_sample_range=args.clip_sample_range,
+                   thresholding=args.thresholding, dynamic_thresholding_ratio=args.dynamic_thresholding_ratio,
+                   sample_max_value=args.sample_max_value)
+    if args.use_clipped_model_output:  # DDIM's alone: make_sampler names the mistake for the others
+        options["use_clipped_model_output"] = True
+    return make_sampler(args.sampler, steps=args.steps, eta=args.eta, timestep_spacing=args.timestep_spacing,
+                        **options)
 
 
 def _sample(args):

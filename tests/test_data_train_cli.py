@@ -10,7 +10,7 @@ import torch
 from ddpm_fast import cli
 from ddpm_fast.data import DataError, load_dataset, read_idx
 from ddpm_fast.train.record import read_metrics
-from ddpm_fast.train import TrainConfig, load_checkpoint, train
+from ddpm_fast.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
 
 
 def write_idx(path, array, compress=False):
@@ -134,3 +134,33 @@ def test_cli_sample_and_animate_take_the_sampler_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--help"])
     assert "usage: ddpm-fast evaluate" in capsys.readouterr().out
+
+
+def test_a_v_prediction_run_records_its_target_and_samples_with_it(tmp_path, capsys):
+    out = tmp_path / "v"
+    assert cli.main(["train", "--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--steps", "3",
+                     "--timesteps", "20", "--batch-size", "16", "--prediction-type", "v_prediction",
+                     "--min-snr-gamma", "5", "--out-dir", str(out)]) == 0
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["diffusion"]["prediction_type"] == "v_prediction"
+    assert checkpoint["config"]["prediction_type"] == "v_prediction" and checkpoint["config"]["min_snr_gamma"] == 5.0
+    _, diffusion, _ = model_from_checkpoint(checkpoint)
+    assert diffusion.prediction_type == "v_prediction"
+    ckpt = str(out / "checkpoint.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--num", "4", "--sampler", "sde-dpm-solver++", "--steps", "5",
+                     "--thresholding", "--dynamic-thresholding-ratio", "0.9", "--out", str(tmp_path / "v.png")]) == 0
+    assert cli.main(["sample", "--checkpoint", ckpt, "--num", "4", "--sampler", "ddim", "--steps", "5",
+                     "--clip-sample", "--use-clipped-model-output", "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "v.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0
+    # An old checkpoint, without prediction_type, was an epsilon model.
+    del checkpoint["diffusion"]["prediction_type"]
+    assert model_from_checkpoint(checkpoint)[1].prediction_type == "epsilon"
+    capsys.readouterr()
+    assert cli.main(["sample", "--checkpoint", ckpt, "--sampler", "ddpm", "--use-clipped-model-output"]) == 2
+    assert "use_clipped_model_output is DDIM's" in capsys.readouterr().err
+    assert cli.main(["sample", "--checkpoint", ckpt, "--sampler", "ddim", "--steps", "5", "--thresholding",
+                     "--dynamic-thresholding-ratio", "1.5"]) == 2
+    assert "dynamic_thresholding_ratio must lie in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--prediction-type", "x0", "--out-dir", str(out)])
+    assert "invalid choice: 'x0'" in capsys.readouterr().err

@@ -115,6 +115,44 @@ def test_p_losses_types():
         d.p_losses(model, x, t, noise, "l3")
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_each_prediction_type_trains_on_its_target(prediction_type):
+    d = GaussianDiffusion(200, prediction_type=prediction_type)
+    x, noise, t = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), torch.tensor([0, 90, 199])
+    abar = d.alphas_cumprod[t].reshape(3, 1, 1, 1)
+    expected = {"epsilon": noise, "sample": x,
+                "v_prediction": abar.sqrt() * noise - (1 - abar).sqrt() * x}[prediction_type]
+    torch.testing.assert_close(d.training_target(x, t, noise), expected)
+    seen = {}
+
+    def model(x_t, t_):
+        seen["x_t"] = x_t
+        return torch.zeros_like(x_t)
+
+    loss = d.p_losses(model, x, t, noise, "l2")
+    torch.testing.assert_close(loss, (expected**2).mean())
+    torch.testing.assert_close(seen["x_t"], d.q_sample(x, t, noise))
+
+
+@pytest.mark.parametrize("prediction_type,weight", [
+    ("epsilon", lambda snr, g: torch.minimum(snr, g) / snr), ("sample", lambda snr, g: torch.minimum(snr, g)),
+    ("v_prediction", lambda snr, g: torch.minimum(snr, g) / (snr + 1))])
+def test_min_snr_gamma_weighs_each_sample(prediction_type, weight):
+    # Hang et al. 2023 (and diffusers' training scripts): the weight of the loss of each sample.
+    d = GaussianDiffusion(200, prediction_type=prediction_type)
+    x, noise, t = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.tensor([0, 20, 100, 199])
+    abar = d.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    w = weight(snr, torch.tensor(5.0))
+    torch.testing.assert_close(d.min_snr_weights(t, 5.0), w)
+    pred = torch.randn_like(x)
+    target = d.training_target(x, t, noise)
+    expected = (((pred - target).abs().flatten(1).mean(1)) * w).mean()
+    torch.testing.assert_close(d.p_losses(lambda x_t, t_: pred, x, t, noise, "l1", min_snr_gamma=5.0), expected)
+    with pytest.raises(ValueError, match=r"min_snr_gamma must be a number > 0"):
+        d.p_losses(lambda x_t, t_: pred, x, t, noise, "l1", min_snr_gamma=0)
+
+
 def test_sample_returns_every_step_indexable_like_the_seed():
     d = GaussianDiffusion(10)
     model = Unet(dim=8, channels=1, dim_mults=(1, 2)).eval()

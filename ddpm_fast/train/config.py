@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from ..diffusion import LOSS_TYPES
+from ..diffusion import LOSS_TYPES, PREDICTION_TYPES
 from .precision import check_precision
 
 
@@ -28,6 +28,8 @@ class TrainConfig:
     timesteps: int = 200
     beta_schedule: str = "linear"
     loss_type: str = "huber"
+    prediction_type: str = "epsilon"  # what the model learns to predict: epsilon (the blog's), sample, v_prediction
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting, e.g. 5.0; None weighs all timesteps alike
     batch_size: int = 128  # global: images per optimizer step, over all processes and grad_accum
     grad_accum: int = 1  # micro-batches per optimizer step, each of batch_size / (processes * grad_accum)
     precision: str = "fp32"  # fp32, or autocast to bf16 / fp16 (fp16 with a GradScaler)
@@ -66,6 +68,10 @@ def check_config(config):
     """Raise a ValueError naming the first setting of ``config`` that cannot work."""
     if config.loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={config.loss_type!r} is not known; choose one of {LOSS_TYPES}")
+    if config.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type={config.prediction_type!r} is not known; choose one of {PREDICTION_TYPES}")
+    if config.min_snr_gamma is not None and not config.min_snr_gamma > 0:
+        raise ValueError(f"min_snr_gamma must be a number > 0, or None for no weighting, got {config.min_snr_gamma}")
     check_precision(config.precision)
     for name in ("batch_size", "grad_accum", "log_every", "save_and_sample_every", "num_samples"):
         value = getattr(config, name)

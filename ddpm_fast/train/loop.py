@@ -109,7 +109,7 @@ def _optimizer_step(step_model, ddp, diffusion, optimizer, scaler, config, x_sta
         with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
             with autocast(x_start.device, config.precision):
                 loss = diffusion.p_losses(step_model, x_start[part], t[part], noise=noise[part],
-                                          loss_type=config.loss_type)
+                                          loss_type=config.loss_type, min_snr_gamma=config.min_snr_gamma)
             scaler.scale(loss / config.grad_accum).backward()
         loss_sum += loss.detach().float()
     scaler.step(optimizer)  # a plain optimizer.step() unless fp16 scales the loss
@@ -137,8 +137,8 @@ def _train(config, ctx, resume, progress):
 
         accelerate(model)  # in place; the state_dict keys stay the blog's
     # --no-accelerate trains the pure-PyTorch reference: the diffusion's q_sample too.
-    diffusion = GaussianDiffusion(config.timesteps, config.beta_schedule,
-                                  fused=None if config.accelerate else False).to(device)
+    diffusion = GaussianDiffusion(config.timesteps, config.beta_schedule, fused=None if config.accelerate else False,
+                                  prediction_type=config.prediction_type).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scaler = grad_scaler(device, config.precision)
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema_decay else None
@@ -168,7 +168,10 @@ def _train(config, ctx, resume, progress):
         return {
             "config": dataclasses.asdict(config),
             "unet": kwargs,
-            "diffusion": {"timesteps": config.timesteps, "beta_schedule": config.beta_schedule},
+            # What GaussianDiffusion needs to sample the model again (prediction_type: since
+            # issue 19; older checkpoints lack it and were all epsilon models).
+            "diffusion": {"timesteps": config.timesteps, "beta_schedule": config.beta_schedule,
+                          "prediction_type": config.prediction_type},
             "image_size": image_size,
             "model": model.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
