@@ -192,9 +192,15 @@ class Sampler:
     def settings(self):
         """The settings as a dict for a record: sampler, steps (S), eta, timestep_spacing and
         how x0 is bounded."""
-        return {"sampler": self.name, "steps": self.num_steps or self.steps, "eta": 0.0,
-                "timestep_spacing": self.timestep_spacing, "clip_sample": self.clip_sample,
-                "thresholding": self.thresholding}
+        settings = {"sampler": self.name, "steps": self.num_steps or self.steps, "eta": 0.0,
+                    "timestep_spacing": self.timestep_spacing, "clip_sample": self.clip_sample,
+                    "thresholding": self.thresholding}
+        if self.clip_sample:
+            settings["clip_sample_range"] = self.clip_sample_range
+        if self.thresholding:
+            settings.update(dynamic_thresholding_ratio=self.dynamic_thresholding_ratio,
+                            sample_max_value=self.sample_max_value)
+        return settings
 
     def set_schedule(self, alphas_cumprod, prediction_type="epsilon"):
         """Fix the grid of timesteps and compute the coefficient table (float64) for a
