@@ -181,10 +181,12 @@ def main(argv=None):
     parser.add_argument("--readme", type=Path, help="replace the tables between the markers in this file")
     parser.add_argument("--bounds", nargs="+", metavar="LABEL=CHECKPOINT",
                         help="measure only the table of bounds on x0 for these models: <out>/bounds.json")
-    parser.add_argument("--bounds-from-json", type=Path, help="print the bound table of this bounds.json")
+    parser.add_argument("--bounds-from-json", type=Path, nargs="+",
+                        help="print the bound table of these bounds.json files, their models in order (one "
+                             "run per model can measure them in parallel, each with its own --out)")
     args = parser.parse_args(argv)
     if args.bounds or args.bounds_from_json:
-        doc = json.loads(args.bounds_from_json.read_text()) if args.bounds_from_json else measure_bounds(args, argv)
+        doc = merge_bounds(args.bounds_from_json) if args.bounds_from_json else measure_bounds(args, argv)
         text = markdown_bounds(doc, args.readme.parent if args.readme else Path("."))
         print(text)
         if args.readme:
@@ -215,6 +217,14 @@ def _header(args, argv, path, checkpoint, measure):
         "commit": commit, "timestep_spacing": DEFAULT_TIMESTEP_SPACING,
         "classifier_accuracy": measure.accuracy, "noise_floor": measure.noise_floor,
     }
+
+
+def merge_bounds(paths):
+    """One bound document of several bounds.json: the first one's header, every file's models."""
+    docs = [json.loads(Path(path).read_text()) for path in paths]
+    merged = {**docs[0], "models": [m for doc in docs for m in doc["models"]]}
+    merged["commands"] = [doc["command"] for doc in docs]
+    return merged
 
 
 def measure_bounds(args, argv):
