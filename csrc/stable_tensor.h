@@ -77,6 +77,12 @@ inline bool is_floating(ScalarType t) {
   return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::Half || t == ScalarType::BFloat16;
 }
 
+// Accumulation dtype of the kernels' statistics and workspaces: float64 for float64, float32
+// for every other floating dtype (float32, float16, bfloat16).
+inline ScalarType acc_dtype(const Tensor& x) {
+  return x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
+
 // at::Tensor::is_non_overlapping_and_dense: the elements fill [0, numel) of the storage from
 // the first, each once, in some order of the dimensions.
 inline bool is_non_overlapping_and_dense(const Tensor& t) {
@@ -114,6 +120,11 @@ inline bool is_channels_last_contiguous(const Tensor& t) {
 inline Tensor as_contiguous(const Tensor& t, MemoryFormat format = MemoryFormat::Contiguous) {
   const bool dense = format == MemoryFormat::ChannelsLast ? is_channels_last_contiguous(t) : t.is_contiguous();
   return dense ? t : torch::stable::contiguous(t, format);
+}
+
+// t itself when it already has `dtype`, else a converted copy (sparing the dispatcher call).
+inline Tensor as_dtype(const Tensor& t, ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
 }
 
 // A new uninitialised tensor with `like`'s device and the given sizes, dtype and memory format.

@@ -191,6 +191,62 @@ def test_group_norm_act_statistics_in_float32_are_accurate(channels_last):
                                atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("act", ["none", "silu", "gelu"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_group_norm_act_bf16_kernel_is_as_accurate_as_the_reference(act, layout):
+    """The CPU kernel takes bf16 (float32 statistics and arithmetic): flash-attention's rule
+    against the float64 oracle, forward and every gradient, and float32 statistics."""
+    from half_precision import oracle_error
+
+    x, weight, bias, scale, shift = gn_inputs(3, 16, 7, 5)
+    x = layouts(x)[layout]
+    assert ops.loading.covered("group_norm_act", x.bfloat16())
+    y, mean, rstd = torch.ops.ddpm_fast.group_norm_act(x.bfloat16(), 4, *(t.bfloat16() for t in (weight, bias, scale, shift)),
+                                                       1e-5, act)
+    assert y.dtype == torch.bfloat16 and mean.dtype == rstd.dtype == torch.float32
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(x)
+
+    def forward_and_grads(fn):
+        def run(x, weight, bias, scale, shift, grad):
+            leaves = [t.detach().requires_grad_() for t in (x, weight, bias, scale, shift)]
+            y = fn(leaves[0], 4, *leaves[1:], 1e-5, act)
+            y.backward(grad.to(y.dtype))
+            return torch.cat([y.flatten().float()] + [t.grad.flatten().float() for t in leaves])
+        return run
+
+    args = (x, weight, bias, scale, shift, grad)
+    ours = oracle_error(forward_and_grads(ops.group_norm_act), forward_and_grads(reference.group_norm_act), args,
+                        torch.bfloat16)
+    theirs = oracle_error(forward_and_grads(reference.group_norm_act), forward_and_grads(reference.group_norm_act),
+                          args, torch.bfloat16)
+    assert ours <= 2 * theirs + 1e-6, f"bf16 error {ours:.3g} against the float64 oracle, reference's {theirs:.3g}"
+
+
+def test_cpu_group_norm_act_bf16_opcheck():
+    x, weight, bias, scale, shift = (t.bfloat16() for t in gn_inputs(2, 6, 3, 4))
+    for x_in in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.library.opcheck(torch.ops.ddpm_fast.group_norm_act, (x_in, 3, weight, bias, scale, shift, 1e-5, "gelu"))
+        y, mean, rstd = torch.ops.ddpm_fast.group_norm_act(x_in, 3, weight, bias, scale, shift, 1e-5, "gelu")
+        torch.library.opcheck(torch.ops.ddpm_fast.group_norm_act_backward,
+                              (torch.randn_like(y), x_in, mean, rstd, 3, weight, bias, scale, shift, "gelu"))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_group_norm_act_bf16_rounds_as_torch(layout):
+    """bf16 in, float32 inside: the output is the float32 kernel's output on the same (widened)
+    inputs, rounded by torch's own float -> bf16 conversion, bit for bit; NaN stays NaN (its bit pattern may differ)."""
+    x, weight, bias, scale, shift = (t.bfloat16() for t in gn_inputs(2, 8, 6, 5))
+    x[1, 4:, 2, 3] = float("nan")  # poisons the second sample's second group
+    x = layouts(x)[layout]
+    y = ops.group_norm_act(x, 2, weight, bias, scale, shift, 1e-5, "silu")
+    y32 = ops.group_norm_act(x.float(), 2, *(t.float() for t in (weight, bias, scale, shift)), 1e-5, "silu")
+    finite = ~y32.isnan()
+    assert torch.equal(y[finite].view(torch.int16), y32[finite].bfloat16().view(torch.int16))
+    assert y[1, 4:].isnan().all() and not y[0].isnan().any() and y.isnan().sum() == (~finite).sum()
+
+
 def test_group_norm_act_bad_input():
     x = torch.randn(2, 6, 4, 4)
     with pytest.raises(RuntimeError, match=r"group_norm_act: num_groups=4 must divide the 6 channels"):

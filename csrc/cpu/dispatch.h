@@ -4,6 +4,7 @@
 // THO_DISPATCH macros, and its error names the op.
 #pragma once
 #include "../stable_tensor.h"
+#include "storage.h"
 
 namespace ddpm_fast {
 
@@ -13,6 +14,18 @@ void dispatch_floating(ScalarType dtype, const char* op, F&& f) {
     case ScalarType::Float: f.template operator()<float>(); break;
     case ScalarType::Double: f.template operator()<double>(); break;
     default: fail(op, ": the CPU kernels take float32 or float64, got ", dtype);
+  }
+}
+
+// dispatch_floating plus bfloat16, as BFloat16Bits (storage.h), for the kernels written for a
+// storage type.
+template <typename F>
+void dispatch_floating_and_bf16(ScalarType dtype, const char* op, F&& f) {
+  switch (dtype) {
+    case ScalarType::Float: f.template operator()<float>(); break;
+    case ScalarType::Double: f.template operator()<double>(); break;
+    case ScalarType::BFloat16: f.template operator()<BFloat16Bits>(); break;
+    default: fail(op, ": the CPU kernels take float32, float64 or bfloat16, got ", dtype);
   }
 }
 

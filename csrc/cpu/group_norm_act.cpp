@@ -4,6 +4,10 @@
 // Notation: per sample n and group g, M = (C / G) * H * W elements; xhat = (x - mean) * rstd;
 // z = xhat * weight + bias; u = z * (1 + scale) + shift; y = act(u). Per (n, c) the whole
 // affine chain folds into y = act(a[n,c] * x + b[n,c]).
+//
+// Every kernel is templated on the storage type S (float, double, or bfloat16: storage.h) and
+// computes in T = compute_t<S>: bfloat16 tensors are read and written as bfloat16, their
+// statistics and arithmetic are float32, and mean and rstd are float32 tensors.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -19,23 +23,26 @@
 #include "activations.h"
 #include "dispatch.h"
 #include "isa.h"
+#include "storage.h"
 #include "vector_math.h"
 
 namespace ddpm_fast {
 namespace {
 
-// Optional per-channel and per-(n, c) inputs, read with their identity values when absent.
-template <typename T>
+// Optional per-channel and per-(n, c) inputs, stored as S, read as T = compute_t<S> with their
+// identity values when absent.
+template <typename S>
 struct Affine {
-  const T* weight;  // (C,) or null (= 1)
-  const T* bias;    // (C,) or null (= 0)
-  const T* scale;   // (N, C) or null (= 0, i.e. multiply by 1)
-  const T* shift;   // (N, C) or null (= 0)
+  using T = compute_t<S>;
+  const S* weight;  // (C,) or null (= 1)
+  const S* bias;    // (C,) or null (= 0)
+  const S* scale;   // (N, C) or null (= 0, i.e. multiply by 1)
+  const S* shift;   // (N, C) or null (= 0)
   int64_t C;
-  T w(int64_t c) const { return weight ? weight[c] : T(1); }
-  T b(int64_t c) const { return bias ? bias[c] : T(0); }
-  T s1(int64_t n, int64_t c) const { return scale ? T(1) + scale[n * C + c] : T(1); }
-  T sh(int64_t n, int64_t c) const { return shift ? shift[n * C + c] : T(0); }
+  T w(int64_t c) const { return weight ? load(weight[c]) : T(1); }
+  T b(int64_t c) const { return bias ? load(bias[c]) : T(0); }
+  T s1(int64_t n, int64_t c) const { return scale ? T(1) + load(scale[n * C + c]) : T(1); }
+  T sh(int64_t n, int64_t c) const { return shift ? load(shift[n * C + c]) : T(0); }
   // y = act(a * x + b) with a, b folding the norm, the affine weights and scale/shift.
   void fold(int64_t n, int64_t c, T mean, T rstd, T* a, T* b) const {
     const T k = w(c) * s1(n, c);
@@ -44,9 +51,19 @@ struct Affine {
   }
 };
 
-template <typename T>
-const T* ptr_or_null(const std::optional<Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
+// A tensor's data as storage type S (the caller dispatched on its dtype).
+template <typename S>
+const S* data(const Tensor& t) {
+  return static_cast<const S*>(t.const_data_ptr());
+}
+template <typename S>
+S* mutable_data(const Tensor& t) {
+  return static_cast<S*>(t.mutable_data_ptr());
+}
+
+template <typename S>
+const S* ptr_or_null(const std::optional<Tensor>& t) {
+  return t.has_value() ? data<S>(*t) : nullptr;
 }
 
 std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
@@ -55,25 +72,25 @@ std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
 
 // ---- vectorised inner loops, inlined into the callers' dispatch_isa (isa.h)
 
-template <typename T>
-DDPM_FAST_INLINE T sum_of(const T* x, int64_t n) {
+template <typename S, typename T = compute_t<S>>
+DDPM_FAST_INLINE T sum_of(const S* x, int64_t n) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) s += x[j];
+  for (int64_t j = 0; j < n; ++j) s += load(x[j]);
   return s;
 }
 
-template <typename T>
-DDPM_FAST_INLINE T squared_deviation_sum(const T* x, int64_t n, T mean) {
+template <typename S, typename T = compute_t<S>>
+DDPM_FAST_INLINE T squared_deviation_sum(const S* x, int64_t n, T mean) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) s += (x[j] - mean) * (x[j] - mean);
+  for (int64_t j = 0; j < n; ++j) s += (load(x[j]) - mean) * (load(x[j]) - mean);
   return s;
 }
 
-template <typename T, Act A>
-DDPM_FAST_INLINE void affine_act(const T* x, T* y, int64_t n, T a, T b) {
-  for (int64_t j = 0; j < n; ++j) y[j] = act_forward<A>(a * x[j] + b);
+template <typename S, Act A, typename T = compute_t<S>>
+DDPM_FAST_INLINE void affine_act(const S* x, S* y, int64_t n, T a, T b) {
+  for (int64_t j = 0; j < n; ++j) y[j] = store<S>(act_forward<A>(a * load(x[j]) + b));
 }
 
 // channels_last sweeps. A sample is HW rows of C channels; `rows` consecutive rows make one
@@ -86,38 +103,38 @@ DDPM_FAST_INLINE void affine_act(const T* x, T* y, int64_t n, T a, T b) {
 inline int64_t sweep_rows(int64_t C) { return 16 / std::gcd(C, int64_t(16)); }
 
 // s1[k] += x - shift[k], s2[k] += (x - shift[k])^2 over `count` values of x, W lanes apart.
-template <typename T>
-DDPM_FAST_INLINE void shifted_sums(const T* __restrict x, int64_t count, int64_t W, const T* __restrict shift,
+template <typename S, typename T = compute_t<S>>
+DDPM_FAST_INLINE void shifted_sums(const S* __restrict x, int64_t count, int64_t W, const T* __restrict shift,
                                         T* __restrict s1, T* __restrict s2) {
   for (int64_t off = 0; off < count; off += W)
 #pragma omp simd
     for (int64_t k = 0; k < W; ++k) {
-      const T dev = x[off + k] - shift[k];
+      const T dev = load(x[off + k]) - shift[k];
       s1[k] += dev;
       s2[k] += dev * dev;
     }
 }
 
 // y = act(a[k] * x + b[k]) over `count` values, W lanes apart.
-template <typename T, Act A>
-DDPM_FAST_INLINE void sweep_affine_act(const T* __restrict x, T* __restrict y, int64_t count, int64_t W,
+template <typename S, Act A, typename T = compute_t<S>>
+DDPM_FAST_INLINE void sweep_affine_act(const S* __restrict x, S* __restrict y, int64_t count, int64_t W,
                                             const T* __restrict a, const T* __restrict b) {
   for (int64_t off = 0; off < count; off += W)
 #pragma omp simd
-    for (int64_t k = 0; k < W; ++k) y[off + k] = act_forward<A>(a[k] * x[off + k] + b[k]);
+    for (int64_t k = 0; k < W; ++k) y[off + k] = store<S>(act_forward<A>(a[k] * load(x[off + k]) + b[k]));
 }
 
 // Forward, NCHW: one task per (n, g), whose M elements are contiguous. Two-pass statistics
 // (mean, then squared deviations) keep float32 accurate; the block is re-read from cache.
-template <typename T, Act A>
-void forward_nchw(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p, int64_t N,
+template <typename S, Act A, typename T = compute_t<S>>
+void forward_nchw(const S* x, S* y, T* mean_out, T* rstd_out, const Affine<S>& p, int64_t N,
                   int64_t G, int64_t HW, double eps) {
   const int64_t C = p.C, Cg = C / G, M = Cg * HW;
   torch::stable::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t n = i / G, g = i % G;
-        const T* xb = x + (n * C + g * Cg) * HW;
+        const S* xb = x + (n * C + g * Cg) * HW;
         const T mean = sum_of(xb, M) / T(M);
         const T rstd = T(1) / std::sqrt(squared_deviation_sum(xb, M, mean) / T(M) + T(eps));
         mean_out[i] = mean;
@@ -126,7 +143,7 @@ void forward_nchw(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
           T a, b;
           p.fold(n, g * Cg + cl, mean, rstd, &a, &b);
           const int64_t offset = (n * C + g * Cg + cl) * HW;
-          affine_act<T, A>(x + offset, y + offset, HW, a, b);
+          affine_act<S, A>(x + offset, y + offset, HW, a, b);
         }
       }
     });
@@ -137,8 +154,8 @@ void forward_nchw(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
 // statistics take one pass: per-channel sums of x - x[0, c] and of its square (the shifted-data
 // algorithm: with the shift close to the mean, the one-pass variance stays accurate in
 // float32), combined per group in double. A second pass writes y.
-template <typename T, Act A>
-void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p, int64_t N,
+template <typename S, Act A, typename T = compute_t<S>>
+void forward_nhwc(const S* x, S* y, T* mean_out, T* rstd_out, const Affine<S>& p, int64_t N,
                   int64_t G, int64_t HW, double eps) {
   const int64_t C = p.C, Cg = C / G, rows = sweep_rows(C), W = rows * C;
   const int64_t swept = HW / rows * rows * C;  // values covered by full sweeps
@@ -146,12 +163,12 @@ void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
     std::vector<T> shift(W), s1(W), s2(W), a(W), b(W);
     dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
       for (int64_t n = begin; n < end; ++n) {
-        const T* xn = x + n * HW * C;
-        for (int64_t k = 0; k < W; ++k) shift[k] = xn[k % C];
+        const S* xn = x + n * HW * C;
+        for (int64_t k = 0; k < W; ++k) shift[k] = load(xn[k % C]);
         std::fill(s1.begin(), s1.end(), T(0));
         std::fill(s2.begin(), s2.end(), T(0));
-        shifted_sums<T>(xn, swept, W, shift.data(), s1.data(), s2.data());
-        shifted_sums<T>(xn + swept, HW * C - swept, C, shift.data(), s1.data(), s2.data());
+        shifted_sums<S>(xn, swept, W, shift.data(), s1.data(), s2.data());
+        shifted_sums<S>(xn + swept, HW * C - swept, C, shift.data(), s1.data(), s2.data());
         for (int64_t g = 0; g < G; ++g) {
           // Per channel: S1 = sum(x - s), S2 = sum((x - s)^2); per group, with mu the mean,
           // sum((x - mu)^2) = S2 + 2 (s - mu) S1 + HW (s - mu)^2.
@@ -175,8 +192,8 @@ void forward_nhwc(const T* x, T* y, T* mean_out, T* rstd_out, const Affine<T>& p
           for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) p.fold(n, c, T(mean), rstd, &a[c], &b[c]);
         }
         for (int64_t k = C; k < W; ++k) a[k] = a[k % C], b[k] = b[k % C];
-        sweep_affine_act<T, A>(xn, y + n * HW * C, swept, W, a.data(), b.data());
-        sweep_affine_act<T, A>(xn + swept, y + n * HW * C + swept, HW * C - swept, C, a.data(), b.data());
+        sweep_affine_act<S, A>(xn, y + n * HW * C, swept, W, a.data(), b.data());
+        sweep_affine_act<S, A>(xn + swept, y + n * HW * C + swept, HW * C - swept, C, a.data(), b.data());
       }
     });
   });
@@ -194,16 +211,16 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act_cpu(
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   Tensor y = torch::stable::empty_like(x);
-  Tensor mean = empty({N, num_groups}, x, x.scalar_type());
-  Tensor rstd = empty({N, num_groups}, x, x.scalar_type());
+  Tensor mean = empty({N, num_groups}, x, acc_dtype(x));
+  Tensor rstd = empty({N, num_groups}, x, acc_dtype(x));
   if (x.numel() == 0) return {y, torch::stable::fill_(mean, 0.0), torch::stable::fill_(rstd, 0.0)};
-  dispatch_floating(x.scalar_type(), "group_norm_act", [&]<typename T>() {
-    const Affine<T> p{ptr_or_null<T>(weight), ptr_or_null<T>(bias), ptr_or_null<T>(scale),
-                      ptr_or_null<T>(shift), C};
+  dispatch_floating_and_bf16(x.scalar_type(), "group_norm_act", [&]<typename S>() {
+    using T = compute_t<S>;
+    const Affine<S> p{ptr_or_null<S>(weight), ptr_or_null<S>(bias), ptr_or_null<S>(scale),
+                      ptr_or_null<S>(shift), C};
     dispatch_act(act, [&]<Act A>() {
-      (nhwc ? forward_nhwc<T, A> : forward_nchw<T, A>)(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
-                                                      mean.mutable_data_ptr<T>(), rstd.mutable_data_ptr<T>(),
-                                                      p, N, num_groups, HW, eps);
+      (nhwc ? forward_nhwc<S, A> : forward_nchw<S, A>)(data<S>(x), mutable_data<S>(y), mutable_data<T>(mean),
+                                                      mutable_data<T>(rstd), p, N, num_groups, HW, eps);
     });
   });
   return {y, mean, rstd};
@@ -228,14 +245,14 @@ DDPM_FAST_INLINE T grad_u(T xhat, T dy, T k, T ub) {
 }
 
 // One channel row (NCHW): the two sums of pass 1.
-template <typename T, Act A>
-DDPM_FAST_INLINE void row_grad_sums(const T* x, const T* dy, int64_t n, T mean, T rstd, T k,
+template <typename S, Act A, typename T = compute_t<S>>
+DDPM_FAST_INLINE void row_grad_sums(const S* x, const S* dy, int64_t n, T mean, T rstd, T k,
                                          T ub, T* sum_du, T* sum_du_xhat) {
   T s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
   for (int64_t j = 0; j < n; ++j) {
-    const T xhat = (x[j] - mean) * rstd;
-    const T du = grad_u<T, A>(xhat, dy[j], k, ub);
+    const T xhat = (load(x[j]) - mean) * rstd;
+    const T du = grad_u<T, A>(xhat, load(dy[j]), k, ub);
     s1 += du;
     s2 += du * xhat;
   }
@@ -243,48 +260,50 @@ DDPM_FAST_INLINE void row_grad_sums(const T* x, const T* dy, int64_t n, T mean, 
   *sum_du_xhat = s2;
 }
 
-template <typename T, Act A>
-DDPM_FAST_INLINE void row_grad_input(const T* x, const T* dy, T* dx, int64_t n, T mean,
+template <typename S, Act A, typename T = compute_t<S>>
+DDPM_FAST_INLINE void row_grad_input(const S* x, const S* dy, S* dx, int64_t n, T mean,
                                           T rstd, T k, T ub, T m1, T m2) {
   for (int64_t j = 0; j < n; ++j) {
-    const T xhat = (x[j] - mean) * rstd;
-    dx[j] = rstd * (k * grad_u<T, A>(xhat, dy[j], k, ub) - m1 - xhat * m2);
+    const T xhat = (load(x[j]) - mean) * rstd;
+    dx[j] = store<S>(rstd * (k * grad_u<T, A>(xhat, load(dy[j]), k, ub) - m1 - xhat * m2));
   }
 }
 
 // One sample (channels_last): per-channel vectors mean, rstd, k, ub (and m1, m2 in pass 2).
-template <typename T, Act A>
-DDPM_FAST_INLINE void channel_grad_sums(const T* x, const T* dy, int64_t HW, int64_t C,
+template <typename S, Act A, typename T = compute_t<S>>
+DDPM_FAST_INLINE void channel_grad_sums(const S* x, const S* dy, int64_t HW, int64_t C,
                                              const T* mean, const T* rstd, const T* k,
                                              const T* ub, T* sum_du, T* sum_du_xhat) {
   for (int64_t j = 0; j < HW; ++j)
     for (int64_t c = 0; c < C; ++c) {
-      const T xhat = (x[j * C + c] - mean[c]) * rstd[c];
-      const T du = grad_u<T, A>(xhat, dy[j * C + c], k[c], ub[c]);
+      const T xhat = (load(x[j * C + c]) - mean[c]) * rstd[c];
+      const T du = grad_u<T, A>(xhat, load(dy[j * C + c]), k[c], ub[c]);
       sum_du[c] += du;
       sum_du_xhat[c] += du * xhat;
     }
 }
 
-template <typename T, Act A>
-DDPM_FAST_INLINE void channel_grad_input(const T* x, const T* dy, T* dx, int64_t HW,
+template <typename S, Act A, typename T = compute_t<S>>
+DDPM_FAST_INLINE void channel_grad_input(const S* x, const S* dy, S* dx, int64_t HW,
                                               int64_t C, const T* mean, const T* rstd,
                                               const T* k, const T* ub, const T* m1,
                                               const T* m2) {
   for (int64_t j = 0; j < HW; ++j)
     for (int64_t c = 0; c < C; ++c) {
-      const T xhat = (x[j * C + c] - mean[c]) * rstd[c];
-      const T du = grad_u<T, A>(xhat, dy[j * C + c], k[c], ub[c]);
-      dx[j * C + c] = rstd[c] * (k[c] * du - m1[c] - xhat * m2[c]);
+      const T xhat = (load(x[j * C + c]) - mean[c]) * rstd[c];
+      const T du = grad_u<T, A>(xhat, load(dy[j * C + c]), k[c], ub[c]);
+      dx[j * C + c] = store<S>(rstd[c] * (k[c] * du - m1[c] - xhat * m2[c]));
     }
 }
 
-template <typename T, Act A>
+template <typename S, Act A>
 struct Backward {
-  const T *dy, *x, *mean, *rstd;
-  Affine<T> p;
+  using T = compute_t<S>;
+  const S *dy, *x;
+  const T *mean, *rstd;
+  Affine<S> p;
   int64_t N, G, HW;
-  T* dx;
+  S* dx;
   T* sum_du;       // (N, C)
   T* sum_du_xhat;  // (N, C)
 
@@ -312,7 +331,7 @@ struct Backward {
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
         for (int64_t i = begin; i < end; ++i) {
           const int64_t n = i / C, c = i % C, g = c / Cg();
-          row_grad_sums<T, A>(x + i * HW, dy + i * HW, HW, mean[n * G + g], rstd[n * G + g],
+          row_grad_sums<S, A>(x + i * HW, dy + i * HW, HW, mean[n * G + g], rstd[n * G + g],
                               k(n, c), ub(n, c), sum_du + i, sum_du_xhat + i);
         }
       });
@@ -327,7 +346,7 @@ struct Backward {
             group_terms(n, m1.data(), m2.data());
             terms_of = n;
           }
-          row_grad_input<T, A>(x + i * HW, dy + i * HW, dx + i * HW, HW, mean[n * G + g],
+          row_grad_input<S, A>(x + i * HW, dy + i * HW, dx + i * HW, HW, mean[n * G + g],
                                rstd[n * G + g], k(n, c), ub(n, c), m1[g], m2[g]);
         }
       });
@@ -348,14 +367,14 @@ struct Backward {
             cub[c] = ub(n, c);
           }
           const int64_t offset = n * HW * C;
-          channel_grad_sums<T, A>(x + offset, dy + offset, HW, C, cmean.data(), crstd.data(),
+          channel_grad_sums<S, A>(x + offset, dy + offset, HW, C, cmean.data(), crstd.data(),
                                   ck.data(), cub.data(), sum_du + n * C, sum_du_xhat + n * C);
           group_terms(n, m1.data(), m2.data());
           for (int64_t c = 0; c < C; ++c) {
             cm1[c] = m1[c / Cg()];
             cm2[c] = m2[c / Cg()];
           }
-          channel_grad_input<T, A>(x + offset, dy + offset, dx + offset, HW, C, cmean.data(),
+          channel_grad_input<S, A>(x + offset, dy + offset, dx + offset, HW, C, cmean.data(),
                                    crstd.data(), ck.data(), cub.data(), cm1.data(), cm2.data());
         }
       });
@@ -373,27 +392,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_backward_cpu(
   const bool nhwc = is_channels_last_only(x_in);
   const auto format = nhwc ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
   const Tensor x = as_contiguous(x_in, format), dy = as_contiguous(grad_y, format);
-  const Tensor mean = as_contiguous(mean_in), rstd = as_contiguous(rstd_in);
+  const ScalarType stats = acc_dtype(x);
+  const Tensor mean = as_contiguous(as_dtype(mean_in, stats));
+  const Tensor rstd = as_contiguous(as_dtype(rstd_in, stats));
   const auto weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in);
   const auto scale = contiguous_or_none(scale_in), shift = contiguous_or_none(shift_in);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   Tensor dx = torch::stable::empty_like(x);
-  Tensor sum_du = zeros({N, C}, x, x.scalar_type());
-  Tensor sum_du_xhat = zeros({N, C}, x, x.scalar_type());
+  Tensor sum_du = zeros({N, C}, x, stats);
+  Tensor sum_du_xhat = zeros({N, C}, x, stats);
   if (x.numel() > 0) {
-    dispatch_floating(x.scalar_type(), "group_norm_act_backward", [&]<typename T>() {
-      const Affine<T> p{ptr_or_null<T>(weight), ptr_or_null<T>(bias), ptr_or_null<T>(scale),
-                        ptr_or_null<T>(shift), C};
+    dispatch_floating_and_bf16(x.scalar_type(), "group_norm_act_backward", [&]<typename S>() {
+      using T = compute_t<S>;
+      const Affine<S> p{ptr_or_null<S>(weight), ptr_or_null<S>(bias), ptr_or_null<S>(scale),
+                        ptr_or_null<S>(shift), C};
       dispatch_act(act, [&]<Act A>() {
-        const Backward<T, A> bw{dy.const_data_ptr<T>(), x.const_data_ptr<T>(), mean.const_data_ptr<T>(),
-                                rstd.const_data_ptr<T>(), p, N, num_groups, HW, dx.mutable_data_ptr<T>(),
-                                sum_du.mutable_data_ptr<T>(), sum_du_xhat.mutable_data_ptr<T>()};
+        const Backward<S, A> bw{data<S>(dy), data<S>(x), data<T>(mean), data<T>(rstd), p, N, num_groups, HW,
+                                mutable_data<S>(dx), mutable_data<T>(sum_du), mutable_data<T>(sum_du_xhat)};
         nhwc ? bw.run_nhwc() : bw.run_nchw();
       });
     });
   }
-  auto [dweight, dbias, dscale, dshift] =
-      group_norm_parameter_grads(sum_du, sum_du_xhat, weight, bias, scale, shift);
+  // The parameter gradients in the parameters' dtype, from sums accumulated in float32.
+  auto [dweight, dbias, dscale, dshift] = group_norm_parameter_grads(
+      as_dtype(sum_du, x.scalar_type()), as_dtype(sum_du_xhat, x.scalar_type()), weight, bias, scale, shift);
   return {dx, dweight, dbias, dscale, dshift};
 }
 

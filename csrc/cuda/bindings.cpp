@@ -60,11 +60,6 @@ cuda::DType dtype_of(const char* op, const Tensor& t) {
   }
 }
 
-// Accumulation dtype of the statistics and workspaces: float64 for float64, else float32.
-ScalarType acc_dtype(const Tensor& x) {
-  return x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-}
-
 // A schedule table in the kernels' accumulation type (fp64 stays fp64), kept alive in `keep`.
 const void* table_ptr(const Tensor& table, const Tensor& x, std::vector<Tensor>& keep) {
   keep.push_back(as_contiguous(st::to(table, acc_dtype(x))));

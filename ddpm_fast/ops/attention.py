@@ -20,7 +20,7 @@ def linear_attention(qkv, heads, scale):
 
     qkv: (B, 3 * heads * dim_head, H, W) -> (B, heads * dim_head, H, W).
     """
-    if covered(qkv) and qkv.dim() == 4 and _head_dim_covered(qkv, heads):
+    if covered("linear_attention", qkv) and qkv.dim() == 4 and _head_dim_covered(qkv, heads):
         if qkv.device.type == "cpu" and policy.cpu_attention_backward_is_slower(qkv):
             return reference.linear_attention(qkv, heads, scale)
         return torch.ops.ddpm_fast.linear_attention(qkv, heads, scale)
@@ -36,7 +36,7 @@ def projected_linear_attention(x, w_qkv, heads, scale):
     :func:`linear_attention`. x: (B, C, H, W), NCHW or channels_last; w_qkv:
     (3 * heads * dim_head, C, 1, 1) -> (B, heads * dim_head, H, W), NCHW.
     """
-    if covered(x, w_qkv) and x.device.type == "cpu" and x.dim() == 4:
+    if covered("projected_linear_attention", x, w_qkv) and x.device.type == "cpu" and x.dim() == 4:
         if policy.cpu_attention_backward_is_slower(x, w_qkv):
             return reference.projected_linear_attention(x, w_qkv, heads, scale)
         if not policy.cpu_projects_inside_the_kernel(x):

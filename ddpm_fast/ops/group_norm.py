@@ -20,7 +20,7 @@ def group_norm_act(x, num_groups, weight, bias, scale, shift, eps, act):
         # takes one dtype, and its statistics are accumulated in float32 either way.
         weight, bias, scale, shift = (p.to(x.dtype) if p is not None else None
                                       for p in (weight, bias, scale, shift))
-    if covered(x, weight, bias, scale, shift) and x.dim() == 4 and not policy.cpu_silu_is_slower(x, act):
+    if covered("group_norm_act", x, weight, bias, scale, shift) and x.dim() == 4 and not policy.cpu_silu_is_slower(x, act):
         return torch.ops.ddpm_fast.group_norm_act(
             x, num_groups, weight, bias, scale, shift, eps, act
         )[0]

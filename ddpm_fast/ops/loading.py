@@ -18,6 +18,9 @@ KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+# Ops whose kernels on a backend take more dtypes than KERNEL_DTYPES: the CPU GroupNorm reads and
+# writes bfloat16 and computes in float32 (csrc/cpu/storage.h).
+EXTRA_KERNEL_DTYPES = {("group_norm_act", "cpu"): (torch.bfloat16,)}
 
 
 def _load_compiled_ops():
@@ -117,12 +120,17 @@ def compiled_backends():
     return _BACKENDS
 
 
-def covered(*tensors):
-    """Whether a compiled kernel exists for these tensors' device and dtype (None entries, for
-    optional inputs, are skipped)."""
+def kernel_dtypes(op, device_type):
+    """The dtypes ``op``'s compiled kernel takes on ``device_type`` ('cpu' or 'cuda')."""
+    return KERNEL_DTYPES[device_type] + EXTRA_KERNEL_DTYPES.get((op, device_type), ())
+
+
+def covered(op, *tensors):
+    """Whether ``op`` has a compiled kernel for these tensors' device and dtype (None entries,
+    for optional inputs, are skipped)."""
     x = tensors[0]
     return (
         x.device.type in _BACKENDS
-        and x.dtype in KERNEL_DTYPES[x.device.type]
+        and x.dtype in kernel_dtypes(op, x.device.type)
         and all(t.device == x.device and t.dtype == x.dtype for t in tensors if t is not None)
     )

@@ -12,7 +12,7 @@ def q_sample(x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noi
 
     x_start, noise: (B, C, H, W); t: (B,) int64; the two tables: (T,). Returns (B, C, H, W).
     """
-    if covered(x_start, noise):
+    if covered("q_sample", x_start, noise):
         return torch.ops.ddpm_fast.q_sample(
             x_start, t, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, noise
         )

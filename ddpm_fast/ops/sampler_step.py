@@ -19,7 +19,7 @@ def sampler_update(x, model_output, prev_x0, noise, step, coefs, clip_sample_ran
     """
     args = (x, model_output, prev_x0, noise, step, coefs, float(clip_sample_range),
             float(dynamic_thresholding_ratio), float(sample_max_value))
-    if covered(x, model_output, prev_x0, noise):
+    if covered("sampler_update", x, model_output, prev_x0, noise):
         return torch.ops.ddpm_fast.sampler_update(*args)
     return reference.sampler_update(*args)
 
