@@ -304,6 +304,9 @@ def test_linear_attention_bad_input():
         torch.ops.ddpm_fast.linear_attention(torch.randn(1, 24, 2, 2), 5, 1.0)
     with pytest.raises(RuntimeError, match=r"linear_attention: expected qkv of shape"):
         torch.ops.ddpm_fast.linear_attention(torch.randn(24, 2, 2), 2, 1.0)
+    with pytest.raises(RuntimeError, match=r"linear_attention_backward: grad_out must have qkv's dtype"):
+        torch.ops.ddpm_fast.linear_attention_backward(torch.randn(1, 8, 2, 2).double(), torch.randn(1, 24, 2, 2),
+                                                      2, 1.0)
 
 
 @pytest.mark.parametrize("act", ["none", "silu", "gelu"])
@@ -416,6 +419,104 @@ def test_projected_linear_attention_bad_input():
     with pytest.raises(RuntimeError, match=r"grad_out must have shape \(1, 8, 2, 2\)"):
         torch.ops.ddpm_fast.projected_linear_attention_backward(torch.randn(1, 8, 2, 3), x,
                                                                 torch.randn(24, 6, 1, 1), 2, 1.0)
+
+
+# ---------------------------------------------------------------- attention in bf16 on the CPU
+
+
+def _attention_bf16_cases():
+    """(op, make args) for both attention ops in bf16 on the CPU: qkv for the core; x (NCHW and
+    channels_last) and w_qkv for the projected op. Shapes with ragged vectors."""
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 3 * 2 * 8, 5, 7) * 2
+    x = torch.randn(2, 12, 6, 5)
+    weight = torch.randn(3 * 2 * 8, 12, 1, 1) / 2
+    return {
+        "linear_attention": (ops.linear_attention, reference.linear_attention, (qkv,)),
+        "projected_nchw": (ops.projected_linear_attention, reference.projected_linear_attention, (x, weight)),
+        "projected_channels_last": (ops.projected_linear_attention, reference.projected_linear_attention,
+                                    (x.contiguous(memory_format=torch.channels_last), weight)),
+    }
+
+
+@pytest.mark.parametrize("case", ["linear_attention", "projected_nchw", "projected_channels_last"])
+def test_cpu_attention_bf16_kernels_are_as_accurate_as_the_reference(case):
+    """The CPU attention kernels take bf16 (float32 softmaxes and contractions): flash-attention's
+    rule against the float64 oracle, for the output and every input's gradient."""
+    from half_precision import oracle_error
+
+    fused, ref, tensors = _attention_bf16_cases()[case]
+    name = "linear_attention" if case == "linear_attention" else "projected_linear_attention"
+    assert ops.loading.covered(name, *(t.bfloat16() for t in tensors))
+    with torch.no_grad():
+        grad = torch.randn_like(ref(*tensors, 2, 0.3))
+
+    def forward_and_grads(fn):
+        def run(*args):
+            *inputs, grad = args
+            leaves = [t.detach().requires_grad_() for t in inputs]
+            y = fn(*leaves, 2, 0.3)
+            assert y.dtype == leaves[0].dtype
+            y.backward(grad.to(y.dtype))
+            return torch.cat([y.flatten().float()] + [t.grad.flatten().float() for t in leaves])
+        return run
+
+    args = (*tensors, grad)
+    ours = oracle_error(forward_and_grads(fused), forward_and_grads(ref), args, torch.bfloat16)
+    theirs = oracle_error(forward_and_grads(ref), forward_and_grads(ref), args, torch.bfloat16)
+    assert ours <= 2 * theirs + 1e-6, f"bf16 error {ours:.3g} against the float64 oracle, reference's {theirs:.3g}"
+
+
+def test_cpu_attention_bf16_kernels_round_as_torch():
+    """bf16 in, float32 inside: each kernel's output (and the backward's gradient) is the float32
+    kernel's on the same widened inputs, rounded by torch's float -> bf16 conversion, bit for bit."""
+    def same_bits(got, want32):
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got.view(torch.int16), want32.bfloat16().view(torch.int16))
+
+    qkv = _attention_bf16_cases()["linear_attention"][2][0].bfloat16()
+    y = torch.ops.ddpm_fast.linear_attention(qkv, 2, 0.3)
+    same_bits(y, torch.ops.ddpm_fast.linear_attention(qkv.float(), 2, 0.3))
+    grad = torch.randn_like(y)
+    same_bits(torch.ops.ddpm_fast.linear_attention_backward(grad, qkv, 2, 0.3),
+              torch.ops.ddpm_fast.linear_attention_backward(grad.float(), qkv.float(), 2, 0.3))
+    for case in ("projected_nchw", "projected_channels_last"):
+        x, weight = (t.bfloat16() for t in _attention_bf16_cases()[case][2])
+        x = x.contiguous(memory_format=torch.channels_last) if case.endswith("last") else x
+        y = torch.ops.ddpm_fast.projected_linear_attention(x, weight, 2, 0.3)
+        same_bits(y, torch.ops.ddpm_fast.projected_linear_attention(x.float(), weight.float(), 2, 0.3))
+        for g in (torch.randn_like(y), torch.randn_like(y).contiguous(memory_format=torch.channels_last)):
+            same_bits(torch.ops.ddpm_fast.projected_linear_attention_backward(g, x, weight, 2, 0.3),
+                      torch.ops.ddpm_fast.projected_linear_attention_backward(g.float(), x.float(), weight.float(),
+                                                                              2, 0.3))
+
+
+def test_cpu_projected_attention_runs_its_kernel_under_autocast(monkeypatch):
+    """Under bf16 autocast the weight stays float32 and x is bf16: the op casts the weight, as
+    autocast does for the blog's convolution, so the projected kernel runs instead of a GEMM
+    and the core."""
+    from ddpm_fast.ops import attention
+
+    cores = []
+    monkeypatch.setattr(attention, "linear_attention", lambda *args: cores.append(args))
+    x = torch.randn(2, 12, 6, 5).bfloat16()
+    weight = torch.randn(3 * 2 * 8, 12, 1, 1)
+    y = ops.projected_linear_attention(x, weight, 2, 0.3)
+    assert not cores and y.dtype == torch.bfloat16
+    assert torch.equal(y, torch.ops.ddpm_fast.projected_linear_attention(x, weight.bfloat16(), 2, 0.3))
+
+
+def test_cpu_attention_bf16_opcheck():
+    qkv = torch.randn(2, 3 * 2 * 4, 3, 5).bfloat16()
+    torch.library.opcheck(torch.ops.ddpm_fast.linear_attention, (qkv, 2, 0.5))
+    torch.library.opcheck(torch.ops.ddpm_fast.linear_attention_backward,
+                          (torch.randn(2, 8, 3, 5).bfloat16(), qkv, 2, 0.5))
+    x = torch.randn(2, 6, 3, 5).bfloat16()
+    weight = torch.randn(3 * 2 * 4, 6, 1, 1).bfloat16()
+    for x_in in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.library.opcheck(torch.ops.ddpm_fast.projected_linear_attention, (x_in, weight, 2, 0.5))
+        torch.library.opcheck(torch.ops.ddpm_fast.projected_linear_attention_backward,
+                              (torch.randn(2, 8, 3, 5).bfloat16(), x_in, weight, 2, 0.5))
 
 
 # ---------------------------------------------------------------- torch.compile

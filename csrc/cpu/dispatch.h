@@ -29,4 +29,14 @@ void dispatch_floating_and_bf16(ScalarType dtype, const char* op, F&& f) {
   }
 }
 
+// A tensor's data as storage type S, the type the caller dispatched its dtype to.
+template <typename S>
+const S* data(const Tensor& t) {
+  return static_cast<const S*>(t.const_data_ptr());
+}
+template <typename S>
+S* mutable_data(const Tensor& t) {
+  return static_cast<S*>(t.mutable_data_ptr());
+}
+
 }  // namespace ddpm_fast

@@ -51,16 +51,6 @@ struct Affine {
   }
 };
 
-// A tensor's data as storage type S (the caller dispatched on its dtype).
-template <typename S>
-const S* data(const Tensor& t) {
-  return static_cast<const S*>(t.const_data_ptr());
-}
-template <typename S>
-S* mutable_data(const Tensor& t) {
-  return static_cast<S*>(t.mutable_data_ptr());
-}
-
 template <typename S>
 const S* ptr_or_null(const std::optional<Tensor>& t) {
   return t.has_value() ? data<S>(*t) : nullptr;

@@ -9,12 +9,18 @@
 // to memory: batch-sized temporaries cost more in page faults than the arithmetic. Scratch
 // rows are padded to whole vectors with zeros (see small_gemm.h); v and grad_out are copied
 // in once per task, as rows and transposed.
+//
+// Storage: the kernels are templated on the tensors' storage type S and compute in
+// T = compute_t<S> (storage.h). float and double are read and written in place; bfloat16 is
+// widened to float as it enters a task's scratch (q and k into Scratch::qk) and each task's
+// outputs are rounded back from Scratch::staged, so every softmax and contraction runs in float.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -38,16 +44,26 @@ struct HeadSlices {
     k = base + ((b * 3 + 1) * heads + h) * d * n;
     v = base + ((b * 3 + 2) * heads + h) * d * n;
   }
+
+  // Three consecutive (d, n) blocks at base.
+  HeadSlices(T* base, int64_t d, int64_t n) : q(base), k(base + d * n), v(base + 2 * d * n), ld(n) {}
 };
 
+// Whether storage type S is computed in a wider type (bfloat16 in float).
+template <typename S>
+constexpr bool widens = !std::is_same_v<S, compute_t<S>>;
+
 // One task's scratch, as padded rows (see small_gemm.h): (d, ld) blocks along positions and
-// (n, ldd) blocks along channels, ld and ldd being n and d padded to whole vectors.
+// (n, ldd) blocks along channels, ld and ldd being n and d padded to whole vectors. `qk` holds
+// q and k as compute rows when they are not read in place (projected from x, or widened from
+// bfloat16); `staged` holds a widening task's outputs, (d, n) blocks, until they are rounded.
 template <typename T>
 struct Scratch {
   int64_t ld, ldd;
   std::vector<T> sq, kk, v_t, ctx, col;      // forward
   std::vector<T> v, g, g_t, dsq, dk, dctx;  // backward only
-  Scratch(int64_t d, int64_t n, bool backward)
+  std::vector<T> qk, staged;
+  Scratch(int64_t d, int64_t n, bool backward, bool with_qk, bool staging)
       : ld(padded_length<T>(n)), ldd(padded_length<T>(d)), sq(d * ld), kk(d * ld), v_t(n * ldd), ctx(d * ldd),
         col(ld) {
     if (backward) {
@@ -55,20 +71,50 @@ struct Scratch {
       g_t.assign(n * ldd, T(0));
       dctx.assign(d * ldd, T(0));
     }
+    if (with_qk) qk.assign(2 * d * ld, T(0));
+    if (staging) staged.assign((backward ? 3 : 1) * d * n, T(0));
   }
 };
 
-// (d, n) rows, `ld_src` apart, into padded rows of stride ld (the padding stays zero).
-template <typename T>
-DDPM_FAST_INLINE void copy_rows(const T* src, int64_t ld_src, T* rows, int64_t d, int64_t n, int64_t ld) {
-  for (int64_t i = 0; i < d; ++i) std::copy(src + i * ld_src, src + i * ld_src + n, rows + i * ld);
+// (d, n) rows of storage type S, `ld_src` apart, into padded compute rows of stride ld (the
+// padding stays zero).
+template <typename S, typename T>
+DDPM_FAST_INLINE void copy_rows(const S* src, int64_t ld_src, T* rows, int64_t d, int64_t n, int64_t ld) {
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < n; ++j) rows[i * ld + j] = load(src[i * ld_src + j]);
 }
 
-// (d, n) rows, `ld_src` apart, transposed into (n, ldd) padded rows.
-template <typename T>
-DDPM_FAST_INLINE void transpose_rows(const T* src, int64_t ld_src, T* rows_t, int64_t d, int64_t n, int64_t ldd) {
+// (d, n) rows of storage type S, `ld_src` apart, transposed into (n, ldd) padded compute rows.
+template <typename S, typename T>
+DDPM_FAST_INLINE void transpose_rows(const S* src, int64_t ld_src, T* rows_t, int64_t d, int64_t n, int64_t ldd) {
   for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = 0; j < n; ++j) rows_t[j * ldd + i] = src[i * ld_src + j];
+    for (int64_t j = 0; j < n; ++j) rows_t[j * ldd + i] = load(src[i * ld_src + j]);
+}
+
+// Where a task writes output values meant for `out`: out itself when S is the compute type,
+// else the staged buffer, which round_output() then rounds into out.
+template <typename S, typename T>
+DDPM_FAST_INLINE T* output_for(S* out, std::vector<T>& staged) {
+  if constexpr (widens<S>) return staged.data();
+  else return out;
+}
+template <typename S, typename T>
+DDPM_FAST_INLINE void round_output(const T* staged, S* out, int64_t count) {
+  if constexpr (widens<S>)
+    for (int64_t i = 0; i < count; ++i) out[i] = store<S>(staged[i]);
+}
+
+// The q and k slices as compute rows: read in place when S is the compute type, else widened
+// into s.qk (whose rows are s.ld apart).
+template <typename S, typename T>
+DDPM_FAST_INLINE HeadSlices<const T> compute_qk(HeadSlices<const S> in, Scratch<T>& s, int64_t d, int64_t n) {
+  if constexpr (widens<S>) {
+    copy_rows(in.q, in.ld, s.qk.data(), d, n, s.ld);
+    copy_rows(in.k, in.ld, s.qk.data() + d * s.ld, d, n, s.ld);
+    return HeadSlices<const T>(s.qk.data(), d, s.ld);
+  } else {
+    return in;
+  }
 }
 
 template <typename T>
@@ -139,24 +185,41 @@ DDPM_FAST_INLINE void attend(const T* q, const T* k, int64_t ld_in, T* out, Scra
   small_gemm<vector_bytes<I>>(s.ctx.data(), 1, s.ldd, s.sq.data(), s.ld, out, n, d, d, n);
 }
 
-template <CpuIsa I, typename T>
-DDPM_FAST_INLINE void attend_head(HeadSlices<T> in, T* out, Scratch<T>& s, int64_t d, int64_t n, T scale) {
-  transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
-  attend<I, T>(in.q, in.k, in.ld, out, s, d, n, scale);
+template <CpuIsa I, typename S, typename T = compute_t<S>>
+DDPM_FAST_INLINE void attend_head(HeadSlices<const S> in, S* out, Scratch<T>& s, int64_t d, int64_t n, T scale) {
+  transpose_rows(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
+  const HeadSlices<const T> qk = compute_qk(in, s, d, n);
+  attend<I, T>(qk.q, qk.k, qk.ld, output_for(out, s.staged), s, d, n, scale);
+  round_output(s.staged.data(), out, d * n);
 }
 
 // The head's slice of grad_out, channel e of position j at g[e * c_stride + j * j_stride]
 // (NCHW or channels_last), into s.g as (d, ld) rows and s.g_t as (n, ldd) rows.
-template <typename T>
-DDPM_FAST_INLINE void load_grad(const T* g, int64_t c_stride, int64_t j_stride, Scratch<T>& s, int64_t d,
+template <typename S, typename T>
+DDPM_FAST_INLINE void load_grad(const S* g, int64_t c_stride, int64_t j_stride, Scratch<T>& s, int64_t d,
                                 int64_t n) {
   if (j_stride == 1) {
-    copy_rows<T>(g, c_stride, s.g.data(), d, n, s.ld);
-    transpose_rows<T>(g, c_stride, s.g_t.data(), d, n, s.ldd);
+    copy_rows(g, c_stride, s.g.data(), d, n, s.ld);
+    transpose_rows(g, c_stride, s.g_t.data(), d, n, s.ldd);
     return;
   }
-  for (int64_t j = 0; j < n; ++j) std::copy(g + j * j_stride, g + j * j_stride + d, s.g_t.data() + j * s.ldd);
-  transpose_rows<T>(g, j_stride, s.g.data(), n, d, s.ld);  // (n, d) rows j_stride apart
+  copy_rows(g, j_stride, s.g_t.data(), n, d, s.ldd);  // (n, d) rows j_stride apart
+  transpose_rows(g, j_stride, s.g.data(), n, d, s.ld);
+}
+
+// The gradient slices a backward task writes: grad's own when S is the compute type, else the
+// three blocks of s.staged, which round_grads() then rounds into grad.
+template <typename S, typename T>
+DDPM_FAST_INLINE HeadSlices<T> grads_for(HeadSlices<S> grad, Scratch<T>& s, int64_t d, int64_t n) {
+  if constexpr (widens<S>) return HeadSlices<T>(s.staged.data(), d, n);
+  else return grad;
+}
+template <typename S, typename T>
+DDPM_FAST_INLINE void round_grads(const Scratch<T>& s, HeadSlices<S> grad, int64_t d, int64_t n) {
+  const T* staged = s.staged.data();
+  round_output(staged, grad.q, d * n);
+  round_output(staged + d * n, grad.k, d * n);
+  round_output(staged + 2 * d * n, grad.v, d * n);
 }
 
 // Backward of one (b, h) from q and k (rows ld_in apart) and v, v^T, g = grad_out, g^T
@@ -178,13 +241,15 @@ DDPM_FAST_INLINE void attend_backward(const T* q, const T* k, int64_t ld_in, Hea
                            s.col.data());
 }
 
-template <CpuIsa I, typename T>
-DDPM_FAST_INLINE void attend_head_backward(HeadSlices<T> in, HeadSlices<T> grad, const T* grad_out,
-                                                Scratch<T>& s, int64_t d, int64_t n, T scale) {
-  copy_rows<T>(in.v, in.ld, s.v.data(), d, n, s.ld);
-  transpose_rows<T>(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
-  load_grad<T>(grad_out, n, 1, s, d, n);
-  attend_backward<I, T>(in.q, in.k, in.ld, grad, s, d, n, scale);
+template <CpuIsa I, typename S, typename T = compute_t<S>>
+DDPM_FAST_INLINE void attend_head_backward(HeadSlices<const S> in, HeadSlices<S> grad, const S* grad_out,
+                                           Scratch<T>& s, int64_t d, int64_t n, T scale) {
+  copy_rows(in.v, in.ld, s.v.data(), d, n, s.ld);
+  transpose_rows(in.v, in.ld, s.v_t.data(), d, n, s.ldd);
+  load_grad(grad_out, n, 1, s, d, n);
+  const HeadSlices<const T> qk = compute_qk(in, s, d, n);
+  attend_backward<I, T>(qk.q, qk.k, qk.ld, grads_for(grad, s, d, n), s, d, n, scale);
+  round_grads(s, grad, d, n);
 }
 
 Tensor linear_attention_cpu(const Tensor& qkv_in, int64_t heads, double scale) {
@@ -193,14 +258,16 @@ Tensor linear_attention_cpu(const Tensor& qkv_in, int64_t heads, double scale) {
   const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads), n = qkv.size(2) * qkv.size(3);
   Tensor out = empty({B, heads * d, qkv.size(2), qkv.size(3)}, qkv, qkv.scalar_type());
   if (out.numel() == 0) return torch::stable::zero_(out);
-  dispatch_floating(qkv.scalar_type(), "linear_attention", [&]<typename T>() {
-    T* base = const_cast<T*>(qkv.const_data_ptr<T>());
-    T* out_base = out.mutable_data_ptr<T>();
+  dispatch_floating_and_bf16(qkv.scalar_type(), "linear_attention", [&]<typename S>() {
+    using T = compute_t<S>;
+    const S* base = data<S>(qkv);
+    S* out_base = mutable_data<S>(out);
     torch::stable::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-      Scratch<T> scratch(d, n, /*backward=*/false);
+      Scratch<T> scratch(d, n, /*backward=*/false, /*with_qk=*/widens<S>, /*staging=*/widens<S>);
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
         for (int64_t i = begin; i < end; ++i)
-          attend_head<I, T>(HeadSlices<T>(base, i, heads, d, n), out_base + i * d * n, scratch, d, n, T(scale));
+          attend_head<I, S>(HeadSlices<const S>(base, i, heads, d, n), out_base + i * d * n, scratch, d, n,
+                            T(scale));
       });
     });
   });
@@ -214,19 +281,23 @@ Tensor linear_attention_backward_cpu(const Tensor& grad_out, const Tensor& qkv_i
   const int64_t B = qkv.size(0), d = qkv.size(1) / (3 * heads), n = qkv.size(2) * qkv.size(3);
   DDPM_CHECK(grad_out.numel() == B * heads * d * n, "linear_attention_backward: grad_out must have shape (",
               B, ", ", heads * d, ", ", qkv.size(2), ", ", qkv.size(3), "), got ", shape_string(grad_out.sizes()));
+  DDPM_CHECK(grad_out.scalar_type() == qkv.scalar_type(), "linear_attention_backward: grad_out must have qkv's "
+             "dtype ", qkv.scalar_type(), ", got ", grad_out.scalar_type());
   Tensor grad_qkv = torch::stable::empty_like(qkv);
   if (qkv.numel() == 0) return grad_qkv;
   const Tensor g = as_contiguous(grad_out);
-  dispatch_floating(qkv.scalar_type(), "linear_attention_backward", [&]<typename T>() {
-    T* base = const_cast<T*>(qkv.const_data_ptr<T>());
-    T* grad_base = grad_qkv.mutable_data_ptr<T>();
-    const T* g_base = g.const_data_ptr<T>();
+  dispatch_floating_and_bf16(qkv.scalar_type(), "linear_attention_backward", [&]<typename S>() {
+    using T = compute_t<S>;
+    const S* base = data<S>(qkv);
+    S* grad_base = mutable_data<S>(grad_qkv);
+    const S* g_base = data<S>(g);
     torch::stable::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-      Scratch<T> scratch(d, n, /*backward=*/true);
+      Scratch<T> scratch(d, n, /*backward=*/true, /*with_qk=*/widens<S>, /*staging=*/widens<S>);
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
         for (int64_t i = begin; i < end; ++i)
-          attend_head_backward<I, T>(HeadSlices<T>(base, i, heads, d, n), HeadSlices<T>(grad_base, i, heads, d, n),
-                                     g_base + i * d * n, scratch, d, n, T(scale));
+          attend_head_backward<I, S>(HeadSlices<const S>(base, i, heads, d, n),
+                                     HeadSlices<S>(grad_base, i, heads, d, n), g_base + i * d * n, scratch, d, n,
+                                     T(scale));
       });
     });
   });
@@ -237,16 +308,16 @@ Tensor linear_attention_backward_cpu(const Tensor& grad_out, const Tensor& qkv_i
 // in scratch, so the (B, 3 * heads * d, H, W) qkv tensor, three times the output, never
 // reaches memory.
 
-// Sample b of x, (C, n) with the given strides (NCHW or channels_last), into padded rows.
-template <typename T>
-DDPM_FAST_INLINE void gather_sample(const T* x, int64_t c_stride, int64_t j_stride, T* rows, int64_t C, int64_t n,
+// Sample b of x, (C, n) with the given strides (NCHW or channels_last), into padded compute rows.
+template <typename S, typename T>
+DDPM_FAST_INLINE void gather_sample(const S* x, int64_t c_stride, int64_t j_stride, T* rows, int64_t C, int64_t n,
                                     int64_t ld) {
   if (j_stride == 1) {
-    copy_rows<T>(x, c_stride, rows, C, n, ld);
+    copy_rows(x, c_stride, rows, C, n, ld);
     return;
   }
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t c = 0; c < C; ++c) rows[c * ld + j] = x[j * j_stride + c * c_stride];
+    for (int64_t c = 0; c < C; ++c) rows[c * ld + j] = load(x[j * j_stride + c * c_stride]);
 }
 
 // The q and k of head h, each (d x C) rows of w times the gathered sample (C x ld), into two
@@ -260,25 +331,29 @@ DDPM_FAST_INLINE void project_head(const T* w, const T* w_v_t, const T* sample, 
   small_gemm<vector_bytes<I>>(sample, 1, s.ld, w_v_t + h * C * s.ldd, s.ldd, s.v_t.data(), s.ldd, n, C, d);
 }
 
-template <CpuIsa I, typename T>
-DDPM_FAST_INLINE void project_and_attend_head(const T* w, const T* w_v_t, const T* sample, T* qk, T* out,
-                                                   Scratch<T>& s, int64_t heads, int64_t h, int64_t d, int64_t C,
-                                                   int64_t n, T scale) {
+// Forward of one (b, h) from the gathered sample, q and k projected into s.qk.
+template <CpuIsa I, typename S, typename T = compute_t<S>>
+DDPM_FAST_INLINE void project_and_attend_head(const T* w, const T* w_v_t, const T* sample, S* out, Scratch<T>& s,
+                                              int64_t heads, int64_t h, int64_t d, int64_t C, int64_t n, T scale) {
+  T* qk = s.qk.data();
   project_head<I, T>(w, w_v_t, sample, qk, s, heads, h, d, C, n);
-  attend<I, T>(qk, qk + d * s.ld, s.ld, out, s, d, n, scale);
+  attend<I, T>(qk, qk + d * s.ld, s.ld, output_for(out, s.staged), s, d, n, scale);
+  round_output(s.staged.data(), out, d * n);
 }
 
 // Backward of one (b, h): the forward's projections plus v's rows (dK needs them), the head's
 // slice of grad_out (g, strides g_c and g_j), then the shared backward into grad's slices.
-template <CpuIsa I, typename T>
-DDPM_FAST_INLINE void project_and_attend_head_backward(const T* w, const T* w_v_t, const T* sample, T* qk,
-                                                            const T* g, int64_t g_c, int64_t g_j, HeadSlices<T> grad,
-                                                            Scratch<T>& s, int64_t heads, int64_t h, int64_t d,
-                                                            int64_t C, int64_t n, T scale) {
+template <CpuIsa I, typename S, typename T = compute_t<S>>
+DDPM_FAST_INLINE void project_and_attend_head_backward(const T* w, const T* w_v_t, const T* sample, const S* g,
+                                                       int64_t g_c, int64_t g_j, HeadSlices<S> grad, Scratch<T>& s,
+                                                       int64_t heads, int64_t h, int64_t d, int64_t C, int64_t n,
+                                                       T scale) {
+  T* qk = s.qk.data();
   project_head<I, T>(w, w_v_t, sample, qk, s, heads, h, d, C, n);
   small_gemm<vector_bytes<I>>(w + (2 * heads + h) * d * C, C, 1, sample, s.ld, s.v.data(), s.ld, d, C, n);
-  load_grad<T>(g, g_c, g_j, s, d, n);
-  attend_backward<I, T>(qk, qk + d * s.ld, s.ld, grad, s, d, n, scale);
+  load_grad(g, g_c, g_j, s, d, n);
+  attend_backward<I, T>(qk, qk + d * s.ld, s.ld, grads_for(grad, s, d, n), s, d, n, scale);
+  round_grads(s, grad, d, n);
 }
 
 // What the forward and backward share: x in a layout the kernel reads (channels_last or
@@ -298,34 +373,48 @@ struct ProjectedProblem {
     j_stride = channels_last ? C : 1;
   }
 
-  // Runs task.template operator()<I>(i, h, sample, qk, scratch) at the active level I for every
-  // task i = b * heads + h, in parallel, with sample b gathered into padded rows (once for
-  // consecutive tasks of one sample).
-  template <typename T, typename Task>
+  // Runs task.template operator()<I>(i, h, sample, scratch) at the active level I for every
+  // task i = b * heads + h, in parallel, with sample b of x (storage type S) gathered into
+  // padded compute rows (once for consecutive tasks of one sample).
+  template <typename S, typename Task>
   void for_each_head(bool backward, const Task& task) const {
-    const T* x_base = x.const_data_ptr<T>();
+    using T = compute_t<S>;
+    const S* x_base = data<S>(x);
     torch::stable::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-      Scratch<T> scratch(d, n, backward);
-      std::vector<T> sample(C * scratch.ld, T(0)), qk(2 * d * scratch.ld, T(0));
+      Scratch<T> scratch(d, n, backward, /*with_qk=*/true, /*staging=*/widens<S>);
+      std::vector<T> sample(C * scratch.ld, T(0));
       dispatch_isa([&]<CpuIsa I>() DDPM_FAST_ISA_LAMBDA {
         int64_t gathered = -1;
         for (int64_t i = begin; i < end; ++i) {
           const int64_t b = i / heads;
           if (b != gathered) {
-            gather_sample<T>(x_base + b * C * n, c_stride, j_stride, sample.data(), C, n, scratch.ld);
+            gather_sample(x_base + b * C * n, c_stride, j_stride, sample.data(), C, n, scratch.ld);
             gathered = b;
           }
-          task.template operator()<I>(i, i % heads, sample.data(), qk.data(), scratch);
+          task.template operator()<I>(i, i % heads, sample.data(), scratch);
         }
       });
     });
   }
 
-  // The v rows of w, per head transposed to (C, ldd) padded rows.
+  // w as compute values, (3 * heads * d, C): the tensor's own data when S is the compute type,
+  // else widened into `buffer`.
+  template <typename S>
+  const compute_t<S>* compute_weights(std::vector<compute_t<S>>& buffer) const {
+    const S* w_base = data<S>(w);
+    if constexpr (widens<S>) {
+      buffer.resize(w.numel());
+      for (int64_t i = 0; i < w.numel(); ++i) buffer[i] = load(w_base[i]);
+      return buffer.data();
+    } else {
+      return w_base;
+    }
+  }
+
+  // The v rows of w (compute values), per head transposed to (C, ldd) padded rows.
   template <typename T>
-  std::vector<T> v_weights_transposed() const {
+  std::vector<T> v_weights_transposed(const T* w_base) const {
     const int64_t ldd = padded_length<T>(d);
-    const T* w_base = w.const_data_ptr<T>();
     std::vector<T> w_v_t(heads * C * ldd, T(0));
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t e = 0; e < d; ++e)
@@ -339,14 +428,16 @@ Tensor projected_linear_attention_cpu(const Tensor& x_in, const Tensor& w_qkv, i
   const ProjectedProblem p(x_in, w_qkv, heads);
   Tensor out = empty({p.B, heads * p.d, p.H, p.W}, p.x, p.x.scalar_type());
   if (out.numel() == 0) return torch::stable::zero_(out);
-  dispatch_floating(p.x.scalar_type(), "projected_linear_attention", [&]<typename T>() {
-    const T* w = p.w.const_data_ptr<T>();
-    const std::vector<T> w_v_t = p.v_weights_transposed<T>();
-    T* out_base = out.mutable_data_ptr<T>();
-    p.for_each_head<T>(false, [&]<CpuIsa I>(int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s)
+  dispatch_floating_and_bf16(p.x.scalar_type(), "projected_linear_attention", [&]<typename S>() {
+    using T = compute_t<S>;
+    std::vector<T> widened;
+    const T* w = p.compute_weights<S>(widened);
+    const std::vector<T> w_v_t = p.v_weights_transposed(w);
+    S* out_base = mutable_data<S>(out);
+    p.for_each_head<S>(false, [&]<CpuIsa I>(int64_t i, int64_t h, const T* sample, Scratch<T>& s)
                                    DDPM_FAST_ISA_LAMBDA {
-      project_and_attend_head<I, T>(w, w_v_t.data(), sample, qk, out_base + i * p.d * p.n, s, heads, h, p.d, p.C,
-                                    p.n, T(scale));
+      project_and_attend_head<I, S>(w, w_v_t.data(), sample, out_base + i * p.d * p.n, s, heads, h, p.d, p.C, p.n,
+                                    T(scale));
     });
   });
   return out;
@@ -369,18 +460,20 @@ Tensor projected_linear_attention_backward_cpu(const Tensor& grad_out, const Ten
   const Tensor g = g_channels_last ? grad_out : as_contiguous(grad_out);
   Tensor grad_qkv = empty({p.B, 3 * hidden, p.H, p.W}, p.x, p.x.scalar_type());
   if (grad_qkv.numel() == 0) return grad_qkv;
-  dispatch_floating(p.x.scalar_type(), "projected_linear_attention_backward", [&]<typename T>() {
-    const T* w = p.w.const_data_ptr<T>();
-    const std::vector<T> w_v_t = p.v_weights_transposed<T>();
-    const T* g_base = g.const_data_ptr<T>();
-    T* grad_base = grad_qkv.mutable_data_ptr<T>();
+  dispatch_floating_and_bf16(p.x.scalar_type(), "projected_linear_attention_backward", [&]<typename S>() {
+    using T = compute_t<S>;
+    std::vector<T> widened;
+    const T* w = p.compute_weights<S>(widened);
+    const std::vector<T> w_v_t = p.v_weights_transposed(w);
+    const S* g_base = data<S>(g);
+    S* grad_base = mutable_data<S>(grad_qkv);
     const int64_t g_c = g_channels_last ? 1 : p.n, g_j = g_channels_last ? hidden : 1;
-    p.for_each_head<T>(true, [&]<CpuIsa I>(int64_t i, int64_t h, const T* sample, T* qk, Scratch<T>& s)
+    p.for_each_head<S>(true, [&]<CpuIsa I>(int64_t i, int64_t h, const T* sample, Scratch<T>& s)
                                   DDPM_FAST_ISA_LAMBDA {
       const int64_t b = i / heads;
-      const T* gh = g_base + b * hidden * p.n + h * p.d * g_c;
-      project_and_attend_head_backward<I, T>(w, w_v_t.data(), sample, qk, gh, g_c, g_j,
-                                             HeadSlices<T>(grad_base, i, heads, p.d, p.n), s, heads, h, p.d, p.C,
+      const S* gh = g_base + b * hidden * p.n + h * p.d * g_c;
+      project_and_attend_head_backward<I, S>(w, w_v_t.data(), sample, gh, g_c, g_j,
+                                             HeadSlices<S>(grad_base, i, heads, p.d, p.n), s, heads, h, p.d, p.C,
                                              p.n, T(scale));
     });
   });

@@ -36,6 +36,10 @@ def projected_linear_attention(x, w_qkv, heads, scale):
     :func:`linear_attention`. x: (B, C, H, W), NCHW or channels_last; w_qkv:
     (3 * heads * dim_head, C, 1, 1) -> (B, heads * dim_head, H, W), NCHW.
     """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # Under autocast the weight stays float32 while x is 16-bit; autocast would cast it for
+        # the blog's to_qkv convolution too, and the kernel takes one dtype.
+        w_qkv = w_qkv.to(x.dtype)
     if covered("projected_linear_attention", x, w_qkv) and x.device.type == "cpu" and x.dim() == 4:
         if policy.cpu_attention_backward_is_slower(x, w_qkv):
             return reference.projected_linear_attention(x, w_qkv, heads, scale)

@@ -18,9 +18,10 @@ KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
-# Ops whose kernels on a backend take more dtypes than KERNEL_DTYPES: the CPU GroupNorm reads and
-# writes bfloat16 and computes in float32 (csrc/cpu/storage.h).
-EXTRA_KERNEL_DTYPES = {("group_norm_act", "cpu"): (torch.bfloat16,)}
+# Ops whose kernels on a backend take more dtypes than KERNEL_DTYPES: the CPU GroupNorm and both
+# CPU attention ops read and write bfloat16 and compute in float32 (csrc/cpu/storage.h).
+EXTRA_KERNEL_DTYPES = {(op, "cpu"): (torch.bfloat16,)
+                       for op in ("group_norm_act", "linear_attention", "projected_linear_attention")}
 
 
 def _load_compiled_ops():
