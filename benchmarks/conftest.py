@@ -22,8 +22,8 @@ RESULTS = []  # rows for the closing table, filled by the benchmarks
 def pytest_addoption(parser):
     parser.addoption("--full-peers", action="store_true",
                      help="also time the big cases of the peer comparison: the U-Net forward at b16, b64 "
-                          "and b128, the peers' sampling loops and DDIM-50 in full (default: forward at b1 "
-                          "and b4 only)")
+                          "and b128 (bf16 from b4), the peers' sampling loops, the bf16 loops and DDIM-50 in "
+                          "full (default: forward at b1 and b4, bf16 at b1)")
 
 
 @pytest.fixture(scope="session")

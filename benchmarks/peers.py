@@ -9,6 +9,10 @@
     compile-freezing      torch.compile of the reference model under inductor's freezing=True
     compile-freezing-cpp  the same with cpp_wrapper=True
 
+Each runs in the precisions of :data:`PRECISIONS`: fp32, and bf16 where the tool has it (OpenVINO's
+bf16 inference precision; inductor's compile of the model under bf16 ``torch.autocast``, as the
+fused and reference paths run it). ONNX Runtime's CPU provider has no bf16 convolution.
+
 (the ``[peers]`` extra: ``pip install -e ".[peers]"``). :func:`forward` returns the peer's
 ``forward(x, t) -> eps``; each workload checks it against the reference output within
 :func:`tolerance` before timing it, and :func:`unavailable` says why a peer cannot run here.
@@ -28,6 +32,15 @@ import warnings
 import torch
 
 PEERS = ("onnxruntime", "openvino", "openvino-bf16", "compile-freezing", "compile-freezing-cpp")
+# The precisions each peer runs in: a bf16 group of the suite times openvino-bf16 and the
+# compile peers under bf16 autocast; an fp32 group the rest.
+PRECISIONS = {
+    "onnxruntime": ("fp32",),
+    "openvino": ("fp32",),
+    "openvino-bf16": ("bf16",),
+    "compile-freezing": ("fp32", "bf16"),
+    "compile-freezing-cpp": ("fp32", "bf16"),
+}
 # The packages each peer needs; the ONNX exporter of torch.onnx.export(dynamo=True) needs onnx and
 # onnxscript.
 PACKAGES = {
@@ -50,9 +63,9 @@ _EXPORT = {}  # the one ONNX export of the process: its path
 _CACHE = {}  # sessions and compiled models, built once per process
 
 
-def tolerance(impl, loop=False):
-    """assert_close keyword arguments for ``impl`` against the reference."""
-    if impl.endswith("bf16"):
+def tolerance(impl, loop=False, precision="fp32"):
+    """assert_close keyword arguments for ``impl`` in ``precision`` against the fp32 reference."""
+    if precision == "bf16" or impl.endswith("bf16"):
         return BF16_TOLERANCE
     return LOOP_TOLERANCE if loop else FP32_TOLERANCE
 
@@ -166,6 +179,21 @@ def _openvino_forward(model, batch, precision):
     return forward
 
 
+def in_precision(forward, precision):
+    """``forward`` run under bf16 ``torch.autocast`` on the CPU for "bf16" (the mixed precision of
+    ``--precision bf16``), as it is for "fp32"."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "fp32":
+        return forward
+
+    def run(x, t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(x, t)
+
+    return run
+
+
 def compiled_forward(module, mode="default", dynamic=False, **inductor):
     """torch.compile of ``module`` in ``mode``, run under no_grad, with these inductor settings at every call
     (they must hold when a call compiles, and a new shape compiles again). One graph per batch
@@ -182,21 +210,25 @@ def compiled_forward(module, mode="default", dynamic=False, **inductor):
     return forward
 
 
-def forward(impl, model, batch):
+def forward(impl, model, batch, precision="fp32"):
     """Peer ``impl``'s ``forward(x, t) -> eps`` for the reference ``model`` (the seed U-Net, eval,
     on the CPU) at ``batch`` (OpenVINO picks its hint from it, compile-freezing compiles for it;
-    ONNX Runtime and OpenVINO run any batch). Built once per process for each (impl, batch)."""
+    ONNX Runtime and OpenVINO run any batch) in ``precision`` (one of ``PRECISIONS[impl]``).
+    Built once per process for each (impl, batch, precision)."""
     if impl not in PEERS:
         raise ValueError(f"impl must be one of {PEERS}, got {impl!r}")
+    if precision not in PRECISIONS[impl]:
+        raise ValueError(f"{impl} runs in {' or '.join(PRECISIONS[impl])}, not {precision}")
     _seed_weights(model)
     if impl == "onnxruntime":
         return _onnxruntime_forward(model)
     if impl in ("openvino", "openvino-bf16"):
         return _openvino_forward(model, batch, "bf16" if impl.endswith("bf16") else "f32")
     if impl in ("compile-freezing", "compile-freezing-cpp"):
-        key = (impl, batch)  # one graph per batch size, shared by the forward and loop workloads
+        key = (impl, batch, precision)  # one graph per batch size, shared by the forward and loop workloads
         if key not in _CACHE:
-            _CACHE[key] = compiled_forward(copy.deepcopy(model), freezing=True, cpp_wrapper=impl.endswith("cpp"))
+            frozen = compiled_forward(copy.deepcopy(model), freezing=True, cpp_wrapper=impl.endswith("cpp"))
+            _CACHE[key] = in_precision(frozen, precision)
         return _CACHE[key]
 
 

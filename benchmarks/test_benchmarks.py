@@ -4,10 +4,12 @@
 
 The peers (benchmarks/peers.py, the ``[peers]`` extra: onnxruntime, openvino, openvino-bf16,
 compile-freezing, compile-freezing-cpp) run on the CPU, on the U-Net forward groups and the
-DDPM and DDIM-50 loops; each is checked against the reference before it is timed, and skips
-with the reason when it cannot run here (a missing package, no bf16). A peer that fails to
-export or compile is reported as xfailed with the error. The big cases of the comparison
-(forward at b16 and up, the peers' loops, DDIM-50 in full) run on the CPU with ``--full-peers`` only.
+DDPM and DDIM-50 loops, in fp32 and, in the ``-bf16-`` groups (CPU only), in bf16: every path
+under bf16 autocast, OpenVINO in bf16. Each is checked against the reference before it is timed,
+and skips with the reason when it cannot run here (a missing package, no bf16). A peer that
+fails to export or compile is reported as xfailed with the error. The big cases of the
+comparison (forward at b16 and up, bf16 from b4, the peers' loops, the bf16 loops, DDIM-50 in
+full) run on the CPU with ``--full-peers`` only.
 Every U-Net forward row records its GFLOP/s and the machine's measured sgemm peak.
 
 Every group runs on the CPU (small but real sizes, so a machine without a GPU measures
@@ -21,7 +23,7 @@ import torch
 
 from conftest import RESULTS, device_name
 from peers import PEERS, unavailable
-from workloads import BUILDERS, PEER_LOOP_GROUPS, full_run_only
+from workloads import BUILDERS, PEER_LOOP_GROUPS, full_run_only, precision_skip_reason
 from ddpm_fast import ops
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -33,6 +35,9 @@ WHOLE_MODEL = HEAVY + ("unet-forward",)
 
 def skip_reason(group, impl, device, full_peers=False):
     """Why (group, impl, device) does not run, or None."""
+    reason = precision_skip_reason(group, impl, device)
+    if reason:
+        return reason
     if impl in PEERS:
         if not (group.startswith("unet-forward") or group in PEER_LOOP_GROUPS):
             return "the peers are timed on the unet-forward groups and the DDPM and DDIM-50 loops"

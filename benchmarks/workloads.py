@@ -25,11 +25,32 @@ FORWARD_BATCHES = (1, 4, 16, 64, 128)
 # The peer comparison's big cases, timed only by a full run (--full-peers): these groups with
 # every impl, and the peers in every sampling loop. The small ones (forward at b1 and b4) always run.
 FULL_RUN_GROUPS = ("unet-forward-b16", "unet-forward-b64", "unet-forward-b128",
-                   "sampling-ddim50-full-b1", "sampling-ddim50-full-b64")
+                   "sampling-ddim50-full-b1", "sampling-ddim50-full-b64",
+                   *(f"unet-forward-bf16-b{b}" for b in FORWARD_BATCHES if b > 1),
+                   "sampling-loop-bf16-b1", "sampling-loop-bf16-b64")
 
 
-# The sampling loops the peers run: DDPM (some of its 200 steps timed on the CPU) and DDIM-50 in full.
-PEER_LOOP_GROUPS = ("sampling-loop-b64", "sampling-loop-b1", "sampling-ddim50-full-b1", "sampling-ddim50-full-b64")
+# The sampling loops the peers run: DDPM (some of its 200 steps timed on the CPU) and DDIM-50 in
+# full, in fp32; the DDPM loops in bf16 too.
+PEER_LOOP_GROUPS = ("sampling-loop-b64", "sampling-loop-b1", "sampling-ddim50-full-b1", "sampling-ddim50-full-b64",
+                    "sampling-loop-bf16-b1", "sampling-loop-bf16-b64")
+
+
+def group_precision(group):
+    """The precision a group runs in: "bf16" for the bf16 groups of the peer comparison (every
+    path under bf16 autocast, OpenVINO in bf16), "fp32" for the rest."""
+    return "bf16" if "-bf16-" in group else "fp32"
+
+
+def precision_skip_reason(group, impl, device):
+    """Why ``impl`` is not timed in ``group``'s precision on ``device`` (a bf16 group off the CPU,
+    a peer that does not run in that precision), or None."""
+    precision = group_precision(group)
+    if precision != "fp32" and device != "cpu":
+        return f"the {precision} groups are the CPU peer comparison's"
+    if impl in PEERS and precision not in peers.PRECISIONS[impl]:
+        return f"{impl} runs in {' or '.join(peers.PRECISIONS[impl])}: the {precision} groups time the others"
+    return None
 
 
 def full_run_only(group, impl):
@@ -77,11 +98,13 @@ def compiled(model, impl):
     return torch.compile(model, mode="default" if impl == "fused+compile" else impl.removeprefix("compile-"))
 
 
-def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=None, cpu_steps=None):
+def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=None, cpu_steps=None,
+                  precision="fp32"):
     """The full reverse loop of the blog's config with ``sampler`` in ``full_steps`` steps; on CPU a
     shorter loop of the same sampler (the same cost a step): DDPM on a shorter schedule, the
     few-step samplers in fewer steps of the same T = 200 schedule; ``cpu_steps`` sets the CPU's
-    steps (``full_steps``: the whole loop on the CPU too).
+    steps (``full_steps``: the whole loop on the CPU too). In bf16 the loop runs under bf16
+    autocast (the U-Net in bf16, the update in fp32), as a user samples in bf16.
 
     The peers run a plain Python loop around their forward with ddpm_fast's update
     (:func:`peers.sample_loop`), on the same schedule and steps."""
@@ -97,7 +120,7 @@ def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=No
 
     def peer_forward(impl):
         if impl not in peer_forwards:
-            peer_forwards[impl] = peers.forward(impl, model, batch)
+            peer_forwards[impl] = peers.forward(impl, model, batch, precision)
         return peer_forwards[impl]
 
     def make(impl):
@@ -112,16 +135,20 @@ def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=No
             diffusion = GaussianDiffusion(timesteps, fused=False).to(device)
             net = model if impl == "reference" else compiled(copy.deepcopy(model), impl)
         graph = impl == "fused+graph"
-        return timed(lambda: diffusion.p_sample_loop(net, shape, return_all_timesteps=False, progress=False,
-                                                     cuda_graph=graph, sampler=sampler, steps=sampler_steps),
-                     device)
+
+        def loop():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return diffusion.p_sample_loop(net, shape, return_all_timesteps=False, progress=False,
+                                               cuda_graph=graph, sampler=sampler, steps=sampler_steps)
+
+        return timed(loop, device)
 
     def check():
         outs = []
         for impl in ("reference", "fused"):
             torch.manual_seed(1)
             outs.append(make(impl)())
-        torch.testing.assert_close(outs[1], outs[0], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(outs[1], outs[0], **peers.tolerance(impl, loop=True, precision=precision))
 
     def plain_loop(forward):
         generator = torch.Generator().manual_seed(1)
@@ -134,16 +161,18 @@ def sampling_loop(device, batch, sampler="ddpm", full_steps=FULL_STEPS, group=No
         out = plain_loop(peer_forward(impl))
         if not reference_loop:
             reference_loop.append(plain_loop(model))
-        torch.testing.assert_close(out, reference_loop[0], **peers.tolerance(impl, loop=True),
-                                   msg=lambda m: f"{impl}'s {sampler} loop vs the reference's: {m}")
+        torch.testing.assert_close(out, reference_loop[0], **peers.tolerance(impl, loop=True, precision=precision),
+                                   msg=lambda m: f"{impl}'s {sampler} loop ({precision}) vs the reference's (fp32): {m}")
 
     return Workload(group or f"sampling-loop-b{batch}", make, check,
-                    dict(batch=batch, steps=steps, full_steps=full_steps, images=batch, sampler=sampler),
+                    dict(batch=batch, steps=steps, full_steps=full_steps, images=batch, sampler=sampler,
+                         precision=precision),
                     check_peer if device.type == "cpu" else None)
 
 
-def unet_forward(device, batch):
-    """One forward of the seed U-Net (eval, no grad) at ``batch``, for every impl and peer. The
+def unet_forward(device, batch, precision="fp32"):
+    """One forward of the seed U-Net (eval, no grad) at ``batch``, for every impl and peer, in
+    ``precision`` (bf16: our paths and inductor's under bf16 autocast, OpenVINO in bf16). The
     compiled impls compile one graph for this batch size (dynamic=False), as the peers' engines
     plan for it. Records the forward's FLOPs per image, for GFLOP/s."""
     model, fused_model = _models(device)
@@ -156,14 +185,15 @@ def unet_forward(device, batch):
     def forward(impl):
         if impl not in forwards:
             if impl in PEERS:
-                forwards[impl] = peers.forward(impl, model, batch)
+                forwards[impl] = peers.forward(impl, model, batch, precision)
             elif impl in ("reference", "fused"):
                 net = model if impl == "reference" else fused_model
-                forwards[impl] = lambda x, t: net(x, t)
+                forwards[impl] = peers.in_precision(lambda x, t: net(x, t), precision)
             elif impl == "fused+compile":
-                forwards[impl] = peers.compiled_forward(copy.deepcopy(fused_model))
+                forwards[impl] = peers.in_precision(peers.compiled_forward(copy.deepcopy(fused_model)), precision)
             elif impl.startswith("compile-"):
-                forwards[impl] = peers.compiled_forward(copy.deepcopy(model), mode=impl.removeprefix("compile-"))
+                compiled_model = peers.compiled_forward(copy.deepcopy(model), mode=impl.removeprefix("compile-"))
+                forwards[impl] = peers.in_precision(compiled_model, precision)
             else:
                 raise ValueError(f"unet-forward has no impl {impl!r}")
         return forwards[impl]
@@ -177,19 +207,21 @@ def unet_forward(device, batch):
         return timed(lambda: run(impl), device)
 
     def check():
-        torch.testing.assert_close(run("fused"), run("reference"), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(run("fused"), run("reference"), **peers.tolerance("fused", precision=precision))
 
     reference_out = []
 
     def check_peer(impl):
-        out = run(impl)
+        out = run(impl).float()
         if not reference_out:
-            reference_out.append(run("reference"))
-        torch.testing.assert_close(out, reference_out[0], **peers.tolerance(impl),
-                                   msg=lambda m: f"{impl}'s forward vs the reference's: {m}")
+            with torch.no_grad():
+                reference_out.append(model(x, t))  # fp32: the peers' bf16 is checked against it
+        torch.testing.assert_close(out, reference_out[0], **peers.tolerance(impl, precision=precision),
+                                   msg=lambda m: f"{impl}'s forward ({precision}) vs the reference's (fp32): {m}")
 
-    return Workload(f"unet-forward-b{batch}", make, check,
-                    dict(batch=batch, flops_per_image=peers.flops_per_image(model)),
+    name = "unet-forward-b" if precision == "fp32" else f"unet-forward-{precision}-b"
+    return Workload(f"{name}{batch}", make, check,
+                    dict(batch=batch, flops_per_image=peers.flops_per_image(model), precision=precision),
                     check_peer if device.type == "cpu" else None)
 
 
@@ -321,6 +353,9 @@ BUILDERS = {
     "sampling-ddim50-b64": lambda d: sampling_loop(d, 64, "ddim", 50, "sampling-ddim50-b64"),
     "sampling-dpmpp20-b64": lambda d: sampling_loop(d, 64, "dpm-solver++", 20, "sampling-dpmpp20-b64"),
     **{f"unet-forward-b{b}": (lambda d, b=b: unet_forward(d, b)) for b in FORWARD_BATCHES},
+    **{f"unet-forward-bf16-b{b}": (lambda d, b=b: unet_forward(d, b, "bf16")) for b in FORWARD_BATCHES},
+    "sampling-loop-bf16-b1": lambda d: sampling_loop(d, 1, group="sampling-loop-bf16-b1", precision="bf16"),
+    "sampling-loop-bf16-b64": lambda d: sampling_loop(d, 64, group="sampling-loop-bf16-b64", precision="bf16"),
     # DDIM-50 in full on the CPU too: every step of the loop a user runs.
     "sampling-ddim50-full-b1": lambda d: sampling_loop(d, 1, "ddim", 50, "sampling-ddim50-full-b1", cpu_steps=50),
     "sampling-ddim50-full-b64": lambda d: sampling_loop(d, 64, "ddim", 50, "sampling-ddim50-full-b64", cpu_steps=50),

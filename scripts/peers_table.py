@@ -2,14 +2,15 @@
 next to the peers (median ms), and the ratio of our best path to the best peer.
 
     python scripts/peers_table.py                          # time the forward groups once, here
-    python scripts/peers_table.py --batches 1 4 --rounds 5
+    python scripts/peers_table.py --batches 1 4 --rounds 5 --precisions fp32 bf16
     python scripts/peers_table.py benchmarks/results/cpu/run.json   # from pytest-benchmark JSON
 
 Timing here builds each benchmark workload (benchmarks/workloads.py), checks the fused path and
 each peer against the reference as the suite does, warms each up twice and takes the median of
 ``--rounds`` runs. From JSON (``pytest benchmarks --benchmark-only --benchmark-json=...``), it
 reads the unet-forward groups and the peers' sampling loops, one table per machine. A peer that
-cannot run (missing package, no bf16) or fails says so in its cell.
+cannot run (missing package, no bf16) or fails says so in its cell; one that does not run in a
+row's precision (ONNX Runtime and OpenVINO f32 in bf16, OpenVINO bf16 in fp32) has "-".
 """
 
 import argparse
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from workloads import group_precision, precision_skip_reason  # noqa: E402
 
 COLUMNS = [("reference", "eager"), ("fused", "fused"), ("fused+compile", "fused+compile"),
            ("compile-freezing", "compile-freezing"), ("compile-freezing-cpp", "compile-freezing-cpp"),
@@ -29,13 +31,15 @@ PEERS = ("compile-freezing", "compile-freezing-cpp", "onnxruntime", "openvino", 
 
 
 def _label(group):
-    return group.replace("unet-forward-", "") if group.startswith("unet-forward-") else group
+    """'b64' for unet-forward-b64, 'bf16 b64' for unet-forward-bf16-b64, a loop by its group."""
+    return group.removeprefix("unet-forward-").replace("-", " ") if group.startswith("unet-forward-") else group
 
 
 def _group_key(group):
-    if group.startswith("unet-forward-b"):
-        return (0, int(group.rsplit("b", 1)[1]), group)
-    return (1, 0, group)
+    """The forward rows first, fp32 then bf16, each by batch; then the loops by name."""
+    if group.startswith("unet-forward-"):
+        return (0, group_precision(group) != "fp32", int(group.rsplit("b", 1)[1]), group)
+    return (1, False, 0, group)
 
 
 def table(header, cells):
@@ -71,7 +75,7 @@ def from_json(files):
     return tables
 
 
-def run_here(batches, rounds):
+def run_here(batches, rounds, precisions=("fp32",)):
     """{header: {group: {impl: median or why not}}}, timing the forward groups on this machine."""
     import torch
 
@@ -83,11 +87,14 @@ def run_here(batches, rounds):
     header = (f"CPU {processor_name()} x{torch.get_num_threads()} threads, ddpm_fast {ops.cpu_isa()}, "
               f"torch {torch.backends.cpu.get_cpu_capability()}")
     cells = {}
-    for batch in batches:
-        group = f"unet-forward-b{batch}"
+    groups = [f"unet-forward-b{batch}" if precision == "fp32" else f"unet-forward-{precision}-b{batch}"
+              for precision in precisions for batch in batches]
+    for group in groups:
         workload = BUILDERS[group](torch.device("cpu"))
         row = cells[group] = {}
         for impl, _ in COLUMNS:
+            if precision_skip_reason(group, impl, "cpu"):
+                continue  # "-": not run in this row's precision
             if impl.startswith("fused") and "cpu" not in ops.compiled_backends():
                 row[impl] = "not built"
                 continue
@@ -124,8 +131,10 @@ def main(argv=None):
     parser.add_argument("files", nargs="*", type=Path, help="pytest-benchmark JSON files (default: time here)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16, 64, 128])
     parser.add_argument("--rounds", type=int, default=5, help="timed runs per cell, when timing here")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                        help="the precisions timed here (bf16: every path under bf16 autocast, OpenVINO in bf16)")
     args = parser.parse_args(argv)
-    tables = from_json(args.files) if args.files else run_here(args.batches, args.rounds)
+    tables = from_json(args.files) if args.files else run_here(args.batches, args.rounds, args.precisions)
     if not tables:
         print("no unet-forward or peer sampling-loop rows in these files", file=sys.stderr)
         return 1

@@ -9,15 +9,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import peers  # noqa: E402
-from workloads import BUILDERS  # noqa: E402
+from workloads import BUILDERS, precision_skip_reason  # noqa: E402
 
 from ddpm_fast import ops  # noqa: E402
 
 # Groups whose check is too slow for the tests, with the checks that cover them.
 UNCHECKED = {"sampling-ddim50-full-b64": "50 DDIM steps at b64 twice (about a minute here); DDIM at b64 is "
                                          "checked by sampling-ddim50-b64 and the 50 steps by sampling-ddim50-full-b1"}
-# The peers' small cases: the forward at b1, a DDPM loop (20 steps) and DDIM-50 in full at b1.
-PEER_GROUPS = ("unet-forward-b1", "sampling-loop-b1", "sampling-ddim50-full-b1")
+# The peers' small cases: the forward at b1, a DDPM loop (20 steps) and DDIM-50 in full at b1;
+# the forward and the DDPM loop in bf16.
+PEER_GROUPS = ("unet-forward-b1", "sampling-loop-b1", "sampling-ddim50-full-b1",
+               "unet-forward-bf16-b1", "sampling-loop-bf16-b1")
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,7 +41,7 @@ def test_peer_workload_matches_reference(group, impl):
     """Each peer (ONNX Runtime, OpenVINO, compile-freezing) against the reference, as the suite
     checks it before timing; skips when the peer's package (the [peers] extra) is missing. A peer
     that cannot export or compile here is an xfail that carries the error."""
-    reason = peers.unavailable(impl)
+    reason = precision_skip_reason(group, impl, "cpu") or peers.unavailable(impl)
     if reason:
         pytest.skip(reason)
     try:
@@ -48,6 +50,16 @@ def test_peer_workload_matches_reference(group, impl):
         raise
     except Exception as error:
         pytest.xfail(f"{impl} failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}")
+
+
+def test_each_peer_is_timed_in_its_own_precisions():
+    assert "fp32" in precision_skip_reason("unet-forward-bf16-b1", "onnxruntime", "cpu")
+    assert "bf16" in precision_skip_reason("unet-forward-b1", "openvino-bf16", "cpu")
+    assert "CPU" in precision_skip_reason("unet-forward-bf16-b1", "reference", "cuda")
+    assert precision_skip_reason("unet-forward-bf16-b1", "compile-freezing", "cpu") is None
+    assert precision_skip_reason("sampling-loop-b1", "onnxruntime", "cpu") is None
+    with pytest.raises(ValueError, match="runs in fp32"):
+        peers.forward("openvino", torch.nn.Linear(1, 1), 1, "bf16")
 
 
 def test_peers_report_missing_packages(monkeypatch):
@@ -77,3 +89,17 @@ def test_report_gives_gflops_against_the_sgemm_peak():
     assert "40.0 GFLOP/s (25% of sgemm)" in report.markdown(rows)
     (line,) = report.flops_lines(rows)
     assert "50.00 ms" in line and "80.0 img/s" in line and "25.0% of sgemm peak (160 GFLOP/s)" in line
+
+
+def test_peers_table_puts_bf16_rows_after_fp32_and_compares_within_a_row():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import peers_table
+
+    cells = {"unet-forward-bf16-b1": {"reference": 0.02, "fused": 0.01, "openvino-bf16": 0.012},
+             "unet-forward-b4": {"fused": 0.03, "onnxruntime": 0.06},
+             "unet-forward-b1": {"fused": 0.02, "onnxruntime": 0.01}}
+    lines = peers_table.table("h", cells).splitlines()
+    rows = [line for line in lines if line.startswith("| b") and not line.startswith("| batch")]
+    assert [row.split(" | ")[0] for row in rows] == ["| b1", "| b4", "| bf16 b1"]
+    assert rows[2].endswith("| 1.20x (fused vs openvino-bf16) |")
+    assert rows[0].endswith("| 0.50x (fused vs onnxruntime) |")
