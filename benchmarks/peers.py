@@ -77,6 +77,12 @@ def unavailable(impl, device=torch.device("cpu")):
     for package in PACKAGES[impl]:
         if importlib.util.find_spec(package) is None:
             return f"{impl} needs the '{package}' package: pip install -e \".[peers]\""
+    if impl.startswith("openvino") and os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        # OpenVINO's CPU plugin picks its kernels by the processor, but its bundled oneDNN reads
+        # this cap: with ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 Zen 4 it died with SIGSEGV,
+        # taking the whole suite with it.
+        return (f"{impl} is not run with ONEDNN_MAX_CPU_ISA set (it is "
+                f"{os.environ['ONEDNN_MAX_CPU_ISA']}): OpenVINO's CPU plugin crashes under a capped oneDNN")
     if impl == "openvino-bf16":
         capabilities = _openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         if "BF16" not in capabilities:

@@ -71,6 +71,17 @@ def test_peers_report_missing_packages(monkeypatch):
     assert peers.unavailable("compile-freezing") is None
 
 
+def test_openvino_is_not_run_under_a_capped_onednn(monkeypatch):
+    # at_cpu_isa.py avx2 sets ONEDNN_MAX_CPU_ISA, under which OpenVINO segfaulted on an AVX-512 CPU.
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # every package "installed"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    for impl in ("openvino", "openvino-bf16"):
+        assert "ONEDNN_MAX_CPU_ISA" in peers.unavailable(impl)
+    assert peers.unavailable("onnxruntime") is None
+
+
 def test_report_turns_rows_into_a_ratio_table():
     import report
 
