@@ -42,7 +42,7 @@ echo "device $device, compute capability $capability, torch $(python -c 'import 
 
 # 1. Build for this GPU only; ptxas -v reports every kernel's resources into the build log.
 step build "${GPU_ROUND_BUILD_LIMIT:-420}" env TORCH_CUDA_ARCH_LIST="$capability" MAX_JOBS="${MAX_JOBS:-16}" \
-  DDPM_FAST_REQUIRE_CUDA=1 NVCC_APPEND_FLAGS="-Xptxas=-v" pip install -v --no-build-isolation --no-deps -e .
+  DDPM_FAST_REQUIRE_CUDA=1 NVCC_APPEND_FLAGS="-Xptxas=-v" python -m pip install -v --no-build-isolation --no-deps -e .
 if ! python -c "import ddpm_fast, sys; sys.exit('cuda' not in ddpm_fast.compiled_backends())"; then
   echo "gpu_round: the build has no CUDA kernels (compiled_backends() lacks 'cuda'): see build.log" | tee -a "$summary"
   exit 1
@@ -52,20 +52,21 @@ fi
 python scripts/ptxas_report.py "$out/build.log" > "$out/ptxas.txt" 2>&1 && echo "ptxas: ok (ptxas.txt)" | tee -a "$summary"
 
 # 2. The whole test suite (the CPU tests, the emulated CUDA tests and tests/test_cuda.py).
-step tests "${GPU_ROUND_TESTS_LIMIT:-600}" python -m pytest tests -q -rs --junitxml="$out/tests.xml"
+# shellcheck disable=SC2086  # GPU_ROUND_TESTS is a list of pytest arguments
+step tests "${GPU_ROUND_TESTS_LIMIT:-600}" python -m pytest ${GPU_ROUND_TESTS:-tests} -q -rs --junitxml="$out/tests.xml"
 
 # 3. compute-sanitizer over the op parity tests of tests/test_cuda.py (not the whole-model ones).
 # Torch's caching allocator would hide out-of-bounds accesses inside its blocks: it is off here.
 ops_tests="group_norm or linear_attention or elementwise or sampler_update or opcheck"
-for tool in memcheck racecheck initcheck synccheck; do
+for tool in ${GPU_ROUND_SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   step "sanitizer-$tool" "${GPU_ROUND_SANITIZER_LIMIT:-300}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 50 \
     python -m pytest tests/test_cuda.py -q -x -p no:cacheprovider -k "$ops_tests"
 done
 
 # 5. Benchmarks, JSON named after the device.
-step benchmarks "${GPU_ROUND_BENCH_LIMIT:-900}" python -m pytest benchmarks --benchmark-only \
-  --benchmark-json="$out/$device.json"
+step benchmarks "${GPU_ROUND_BENCH_LIMIT:-900}" python -m pytest benchmarks --benchmark-only -rs \
+  -k "${GPU_ROUND_BENCH_SELECT:-}" --benchmark-json="$out/$device.json"
 
 # 6. Training throughput, once the training script of issue 12 is in.
 if [ -f scripts/train_throughput.py ]; then
