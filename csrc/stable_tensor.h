@@ -140,7 +140,9 @@ inline Tensor zeros(IntArrayRef sizes, const Tensor& like, ScalarType dtype) {
 // a * b, broadcasting (aten::mul.Tensor).
 inline Tensor mul(const Tensor& a, const Tensor& b) {
   std::array<StableIValue, 2> stack{torch::stable::detail::from(a), torch::stable::detail::from(b)};
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mul", "Tensor", stack.data(), TORCH_ABI_VERSION));
+  // TORCH_ERROR_CODE_CHECK, not STABLE_TORCH_ERROR_CODE_CHECK: the latter is torch 2.13's and
+  // broke the build against torch 2.11; for a 2.10 target 2.13 defines it as this one anyway.
+  TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mul", "Tensor", stack.data(), TORCH_ABI_VERSION));
   return torch::stable::detail::to<Tensor>(stack[0]);
 }
 
