@@ -60,6 +60,15 @@ def test_accelerate_keeps_nchw_where_channels_last_convolutions_are_slower():
         assert run_python(code, ATEN_CPU_CAPABILITY="avx2").stdout.strip() == "True"
 
 
+def test_accelerate_keeps_plain_convolutions_where_prepacked_ones_are_slower():
+    code = ("import ddpm_fast; from ddpm_fast.model import PrepackedConv2d; "
+            "m = ddpm_fast.accelerate(ddpm_fast.Unet(dim=8, channels=1, dim_mults=(1, 2))); "
+            "print(any(isinstance(c, PrepackedConv2d) for c in m.modules()))")
+    assert run_python(code, ATEN_CPU_CAPABILITY="default").stdout.strip() == "False"
+    if "avx2" in ops.supported_cpu_isas():
+        assert run_python(code, ATEN_CPU_CAPABILITY="avx2").stdout.strip() == "True"
+
+
 def test_cpu_report_names_the_processor_the_levels_and_the_choices():
     report = ddpm_fast.cpu_report()
     assert report["ddpm_fast_isa"] == ops.cpu_isa() and report["supported_isas"] == list(ops.supported_cpu_isas())

@@ -2,6 +2,8 @@
 
 from .accelerate import accelerate
 from .fused import FusedBlock, FusedGroupNorm, FusedLinearAttention
+from .prepacked_conv import PrepackedConv2d, PrepackedConvTranspose2d
 from .unet import Unet
 
-__all__ = ["FusedBlock", "FusedGroupNorm", "FusedLinearAttention", "Unet", "accelerate"]
+__all__ = ["FusedBlock", "FusedGroupNorm", "FusedLinearAttention", "PrepackedConv2d",
+           "PrepackedConvTranspose2d", "Unet", "accelerate"]

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..ops import policy
 from .fused import FusedBlock, FusedGroupNorm, FusedLinearAttention
+from .prepacked_conv import PrepackedConv2d, PrepackedConvTranspose2d
 
 
 def _child_names(module):
@@ -66,6 +67,20 @@ def _swap(module):
     return count
 
 
+_PREPACKED = {nn.Conv2d: PrepackedConv2d, nn.ConvTranspose2d: PrepackedConvTranspose2d}
+
+
+def _prepack_convolutions(module):
+    """Swap every plain Conv2d/ConvTranspose2d (the fused modules' too) for its prepacked
+    subclass, sharing the parameters."""
+    for name, child in list(module._modules.items()):
+        packed = _PREPACKED.get(type(child))
+        if packed is not None:
+            module._modules[name] = packed.from_conv(child)
+        elif child is not None:
+            _prepack_convolutions(child)
+
+
 def _to_channels_last(model):
     """``model.to(memory_format=torch.channels_last)``, except that a Conv2d with one input
     channel keeps its NCHW weight strides, which are channels_last-contiguous too.
@@ -85,7 +100,7 @@ def _to_channels_last(model):
             weight.data = weight.data.clone(memory_format=torch.contiguous_format)
 
 
-def accelerate(model, channels_last=None):
+def accelerate(model, channels_last=None, prepack=None):
     """Swap the fused ops into a U-Net in place and return it.
 
     Works on :class:`ddpm_fast.Unet` and on any U-Net with the blog's structure (a user's copy
@@ -100,11 +115,20 @@ def accelerate(model, channels_last=None):
             (see :data:`ddpm_fast.ops.policy.CPU_RULES`). A conv with one input channel
             keeps NCHW weight strides (channels_last-contiguous as well; see
             :func:`_to_channels_last`).
+        prepack: swap the convolutions for :class:`PrepackedConv2d` and
+            :class:`PrepackedConvTranspose2d`, whose CPU calls without gradients (sampling) run
+            oneDNN on weights packed once. Default: on for CPU models where oneDNN is there
+            (:func:`ddpm_fast.ops.policy.cpu_prepacks_convolutions`).
     """
     _swap(model)
+    param = next(model.parameters(), None)
+    on_cpu = param is not None and param.device.type == "cpu"
     if channels_last is None:
-        param = next(model.parameters(), None)
-        channels_last = param is not None and param.device.type == "cpu" and policy.cpu_prefers_channels_last()
+        channels_last = on_cpu and policy.cpu_prefers_channels_last()
     if channels_last:
         _to_channels_last(model)
+    if prepack is None:
+        prepack = on_cpu and policy.cpu_prepacks_convolutions()
+    if prepack:
+        _prepack_convolutions(model)
     return model

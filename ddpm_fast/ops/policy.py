@@ -42,6 +42,11 @@ CPU_RULES = (
          "the blog's U-Net's batch-64 forward is faster channels_last at AVX2 and AVX-512 (331 "
          "against 387 ms, 311 against 370 ms) and slower at baseline x86-64 (905 against 794 ms) "
          "(scripts/at_cpu_isa.py)"),
+    Rule("accelerate() convolutions", "plain nn.Conv2d/ConvTranspose2d, not prepacked ones, at "
+         "torch's baseline level",
+         "weights packed once for oneDNN made the accelerated U-Net's forward 3-11% faster at b1, "
+         "5-14% at b4 and 1-6% at b16 at AVX2 and AVX-512, and 10-17% slower at baseline x86-64 "
+         "(python scripts/at_cpu_isa.py LEVEL -- python scripts/profile_forward.py --batch B)"),
 )
 
 CPU_ATTENTION_BACKWARD_MIN_PIXELS = 256
@@ -74,6 +79,14 @@ def cpu_prefers_channels_last():
     return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
 
 
+def cpu_prepacks_convolutions():
+    """Whether accelerate()'s CPU convolutions run oneDNN on packed weights when no gradient is
+    needed (the "accelerate() convolutions" rule of CPU_RULES): where oneDNN is there and torch
+    runs above its baseline level."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and torch.backends.cpu.get_cpu_capability() != "DEFAULT")
+
+
 OP_NAMES = ("q_sample", "group_norm_act", "linear_attention", "projected_linear_attention", "sampler_update")
 
 
@@ -95,4 +108,7 @@ def cpu_op_choices():
     choices["accelerate() layout"] = (
         "channels_last" if cpu_prefers_channels_last()
         else "NCHW (oneDNN's channels_last convolutions are slower at torch's baseline level)")
+    choices["accelerate() convolutions"] = (
+        "prepacked for oneDNN when no gradient is needed" if cpu_prepacks_convolutions()
+        else "plain (prepacked ones are slower at torch's baseline level, or oneDNN is off)")
     return choices
