@@ -51,22 +51,25 @@ def test_at_cpu_isa_holds_torch_to_the_same_level(level):
     assert out.stdout.split() == [level, level.upper()]
 
 
-def test_accelerate_keeps_nchw_where_channels_last_convolutions_are_slower():
-    code = ("import torch, ddpm_fast; m = ddpm_fast.accelerate(ddpm_fast.Unet(dim=8, channels=1, dim_mults=(1, 2))); "
-            "w = next(p for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1); "
-            "print(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())")
+def assert_only_above_torchs_baseline(code):
+    """``code`` prints False at torch's baseline level and True at AVX2 (where the CPU has it)."""
     assert run_python(code, ATEN_CPU_CAPABILITY="default").stdout.strip() == "False"
     if "avx2" in ops.supported_cpu_isas():
         assert run_python(code, ATEN_CPU_CAPABILITY="avx2").stdout.strip() == "True"
+
+
+def test_accelerate_keeps_nchw_where_channels_last_convolutions_are_slower():
+    assert_only_above_torchs_baseline(
+        "import torch, ddpm_fast; m = ddpm_fast.accelerate(ddpm_fast.Unet(dim=8, channels=1, dim_mults=(1, 2))); "
+        "w = next(p for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1); "
+        "print(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())")
 
 
 def test_accelerate_keeps_plain_convolutions_where_prepacked_ones_are_slower():
-    code = ("import ddpm_fast; from ddpm_fast.model import PrepackedConv2d; "
-            "m = ddpm_fast.accelerate(ddpm_fast.Unet(dim=8, channels=1, dim_mults=(1, 2))); "
-            "print(any(isinstance(c, PrepackedConv2d) for c in m.modules()))")
-    assert run_python(code, ATEN_CPU_CAPABILITY="default").stdout.strip() == "False"
-    if "avx2" in ops.supported_cpu_isas():
-        assert run_python(code, ATEN_CPU_CAPABILITY="avx2").stdout.strip() == "True"
+    assert_only_above_torchs_baseline(
+        "import ddpm_fast; from ddpm_fast.model import PrepackedConv2d; "
+        "m = ddpm_fast.accelerate(ddpm_fast.Unet(dim=8, channels=1, dim_mults=(1, 2))); "
+        "print(any(isinstance(c, PrepackedConv2d) for c in m.modules()))")
 
 
 def test_cpu_report_names_the_processor_the_levels_and_the_choices():
