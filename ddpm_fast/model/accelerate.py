@@ -117,7 +117,8 @@ def accelerate(model, channels_last=None, prepack=None):
             :func:`_to_channels_last`).
         prepack: swap the convolutions for :class:`PrepackedConv2d` and
             :class:`PrepackedConvTranspose2d`, whose CPU calls without gradients (sampling) run
-            oneDNN on weights packed once. Default: on for CPU models where oneDNN is there
+            oneDNN on weights packed once. Default: on for CPU models where oneDNN is there and
+            torch runs above its baseline level
             (:func:`ddpm_fast.ops.policy.cpu_prepacks_convolutions`).
     """
     _swap(model)

@@ -66,8 +66,8 @@ class _PrepackedConv:
         return state
 
     def _packed_call(self, x):
-        """(op, packed weight, bias, the op's other arguments) for this call, or None where it
-        runs the parent's forward: anything but a plain CPU inference call."""
+        """(packed weight, bias in the compute dtype) for this call, or None where it runs the
+        parent's forward: anything but a plain CPU inference call."""
         weight, bias = self.weight, self.bias
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
